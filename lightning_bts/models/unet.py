@@ -1,0 +1,173 @@
+"""The paper's 4-level U-Net, layer for layer the Keras original.
+
+The Keras notebook builds (16 base filters, 3-channel input, 1,941,105 parameters)::
+
+    Lambda(x / 255)
+    per level: Conv3x3+ReLU (he_normal) -> Dropout -> Conv3x3+ReLU (he_normal)
+    down: MaxPool 2x2 after each of the first ``depth`` blocks; bottleneck block at 16 * 2**depth filters
+    up: Conv2DTranspose 2x2 stride 2 -> concat [up, skip] -> block
+    Conv1x1 + sigmoid
+
+This module returns *logits* (no sigmoid): every loss and metric in the package takes logits, and
+``torch.sigmoid(logits)`` gives the Keras output. Plain ``nn.Module``, no Lightning, so export, parity tests
+and other frameworks can use it directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+# Keras' he_normal draws from a normal truncated at two standard deviations, and scales the standard
+# deviation up by this constant so that the *truncated* distribution has variance 2 / fan_in.
+_TRUNCATED_NORMAL_STD_CORRECTION = 0.87962566103423978
+
+KERAS_DROPOUT_DOWN = (0.1, 0.1, 0.2, 0.2, 0.3)  # levels 1..4, then the bottleneck
+KERAS_DROPOUT_UP = (0.2, 0.2, 0.1, 0.1)  # deepest decoder level first
+
+
+def keras_he_normal_(weight: torch.Tensor) -> torch.Tensor:
+    """In-place Keras ``he_normal``: truncated normal, std = sqrt(2 / fan_in) / 0.8796."""
+    fan_in = weight.shape[1] * math.prod(weight.shape[2:])
+    std = math.sqrt(2.0 / fan_in) / _TRUNCATED_NORMAL_STD_CORRECTION
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+
+
+def keras_glorot_uniform_(weight: torch.Tensor) -> torch.Tensor:
+    """In-place Keras ``glorot_uniform`` (the Keras default for layers without ``kernel_initializer``).
+
+    For the fans it does not matter whether the kernel is a conv or a transposed conv: the limit depends on
+    fan_in + fan_out only.
+    """
+    receptive_field = math.prod(weight.shape[2:])
+    fan_sum = (weight.shape[0] + weight.shape[1]) * receptive_field
+    limit = math.sqrt(6.0 / fan_sum)
+    return nn.init.uniform_(weight, -limit, limit)
+
+
+class ConvBlock(nn.Sequential):
+    """Conv3x3+ReLU -> Dropout -> Conv3x3+ReLU, with optional BatchNorm after each conv (off in the paper)."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, batch_norm: bool = False) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers += [nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class UpBlock(nn.Module):
+    """Conv2DTranspose 2x2 stride 2, concat [up, skip] (Keras order), then a ConvBlock."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, batch_norm: bool = False) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        self.block = ConvBlock(2 * out_channels, out_channels, dropout, batch_norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.block(torch.cat([self.up(x), skip], dim=1))
+
+
+class UNet(nn.Module):
+    """The paper's U-Net.
+
+    Args:
+        in_channels: image channels (3 in the paper: grayscale PNGs read as RGB).
+        base_filters: filters of the first level; doubles at each level down.
+        depth: number of poolings (4 in the paper); the bottleneck has ``base_filters * 2**depth`` filters.
+        dropout_down: ``depth + 1`` rates, encoder levels then bottleneck. Default: the paper's.
+        dropout_up: ``depth`` rates, deepest decoder level first. Default: the paper's.
+        batch_norm: BatchNorm after every 3x3 conv (not in the paper; off for parity).
+        input_scale: multiplies the input first, as the Keras ``Lambda(x / 255)``; 1.0 for pre-scaled input.
+
+    Shape:
+        input ``(N, in_channels, H, W)`` with H and W divisible by ``2**depth``; output logits ``(N, 1, H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        base_filters: int = 16,
+        depth: int = 4,
+        dropout_down: Sequence[float] | None = None,
+        dropout_up: Sequence[float] | None = None,
+        batch_norm: bool = False,
+        input_scale: float = 1.0 / 255.0,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        paper_down, paper_up = paper_dropout_rates(depth)
+        dropout_down = tuple(dropout_down) if dropout_down is not None else paper_down
+        dropout_up = tuple(dropout_up) if dropout_up is not None else paper_up
+        if len(dropout_down) != depth + 1 or len(dropout_up) != depth:
+            raise ValueError(
+                f"depth={depth} needs {depth + 1} dropout_down and {depth} dropout_up rates, "
+                f"got {len(dropout_down)} and {len(dropout_up)}"
+            )
+        self.depth = depth
+        self.input_scale = input_scale
+        widths = [base_filters * 2**level for level in range(depth + 1)]
+
+        self.encoder = nn.ModuleList()
+        channels = in_channels
+        for width, rate in zip(widths[:-1], dropout_down[:-1]):
+            self.encoder.append(ConvBlock(channels, width, rate, batch_norm))
+            channels = width
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = ConvBlock(widths[-2], widths[-1], dropout_down[-1], batch_norm)
+        self.decoder = nn.ModuleList(
+            UpBlock(widths[level + 1], widths[level], rate, batch_norm)
+            for level, rate in zip(reversed(range(depth)), dropout_up)
+        )
+        self.head = nn.Conv2d(widths[0], 1, kernel_size=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Keras initialisation: he_normal 3x3 convs, glorot_uniform transposed convs and head, zero biases."""
+        for module in self.modules():
+            if isinstance(module, nn.ConvTranspose2d) or module is self.head:
+                keras_glorot_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv2d):
+                keras_he_normal_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size_multiple = 2**self.depth
+        if x.shape[-1] % size_multiple or x.shape[-2] % size_multiple:
+            raise ValueError(
+                f"input height and width must be divisible by {size_multiple} (2**depth), got "
+                f"{tuple(x.shape[-2:])}; resize or pad the images"
+            )
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, skip in zip(self.decoder, reversed(skips)):
+            x = up(x, skip)
+        return self.head(x)
+
+
+def paper_dropout_rates(depth: int = 4) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The paper's (down, up) dropout rates; other depths repeat the nearest paper level's rate."""
+
+    def stretch(rates: Sequence[float], count: int) -> tuple[float, ...]:
+        if count == len(rates):
+            return tuple(rates)
+        last = len(rates) - 1
+        return tuple(rates[min(round(i * last / max(count - 1, 1)), last)] for i in range(count))
+
+    return stretch(KERAS_DROPOUT_DOWN, depth + 1), stretch(KERAS_DROPOUT_UP, depth)

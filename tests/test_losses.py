@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from lightning_bts.losses import LOSS_NAMES, build_loss
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize("logit,label", [(0.0, 1.0), (2.0, 1.0), (-1.5, 0.0), (3.0, 0.0)])
+def test_bce_matches_closed_form(logit, label):
+    p = sigmoid(logit)
+    expected = -(label * math.log(p) + (1 - label) * math.log(1 - p))
+    value = build_loss("bce")(torch.tensor([[[[logit]]]]), torch.tensor([[[[label]]]]))
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("logit,label", [(0.0, 1.0), (2.0, 1.0), (-1.5, 0.0), (3.0, 0.0)])
+def test_focal_matches_closed_form(logit, label):
+    p = sigmoid(logit)
+    expected = -((1 - p) ** 2) * math.log(p) if label else -(p**2) * math.log(1 - p)
+    value = build_loss("focal")(torch.tensor([[[[logit]]]]), torch.tensor([[[[label]]]]))
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_focal_with_gamma_zero_is_bce():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 1, 8, 8) * 3, (torch.rand(2, 1, 8, 8) > 0.5).float()
+    focal = build_loss("focal", gamma=0.0)(logits, target)
+    torch.testing.assert_close(focal, build_loss("bce")(logits, target))
+
+
+def test_alpha_balances_positive_and_negative_terms():
+    logits = torch.tensor([[[[1.0, -1.0]]]])
+    target = torch.tensor([[[[1.0, 0.0]]]])
+    plain = build_loss("focal")(logits, target)
+    balanced = build_loss("focal", alpha=0.25)(logits, target)
+    p = sigmoid(1.0)
+    positive, negative = -((1 - p) ** 2) * math.log(p), -((1 - p) ** 2) * math.log(p)  # symmetric logits
+    assert plain.item() == pytest.approx((positive + negative) / 2, rel=1e-6)
+    assert balanced.item() == pytest.approx((0.25 * positive + 0.75 * negative) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_saturated_logits_give_finite_loss_and_gradients(name):
+    logits = torch.tensor([[[[1e4, -1e4, 1e4, -1e4]]]], requires_grad=True)
+    target = torch.tensor([[[[0.0, 1.0, 1.0, 0.0]]]])
+    loss = build_loss(name)(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_keras_clipping_bounds_the_loss_of_a_confident_mistake():
+    # Keras clips p into [1e-7, 1 - 1e-7]: a wrong, saturated pixel costs -log(1e-7), not infinity.
+    loss = build_loss("bce")(torch.tensor([[[[-100.0]]]]), torch.tensor([[[[1.0]]]]))
+    assert loss.item() == pytest.approx(-math.log(1e-7), rel=1e-6)
+    unclipped = build_loss("bce", eps=0.0)(torch.tensor([[[[-100.0]]]]), torch.tensor([[[[1.0]]]]))
+    assert unclipped.item() == pytest.approx(100.0, rel=1e-6)
+
+
+def test_dice_loss_is_zero_for_a_perfect_confident_prediction():
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:5, 2:5] = 1
+    logits = (target * 2 - 1) * 50
+    assert build_loss("dice")(logits, target).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_compound_losses_are_sums():
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.7).float()
+    dice = build_loss("dice")(logits, target)
+    torch.testing.assert_close(build_loss("dice_focal")(logits, target), dice + build_loss("focal")(logits, target))
+    torch.testing.assert_close(build_loss("dice_bce")(logits, target), dice + build_loss("bce")(logits, target))
+
+
+def test_unknown_loss_lists_valid_names():
+    with pytest.raises(ValueError, match="focal"):
+        build_loss("hinge")
+
+
+@pytest.mark.parametrize("kwargs", [{"gamma": -1.0}, {"alpha": 1.5}])
+def test_bad_focal_parameters_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        build_loss("focal", **kwargs)

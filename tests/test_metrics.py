@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import directed_hausdorff
+from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
+
+from lightning_bts.metrics import HausdorffMetrics, OverlapMetrics, hausdorff_distances
+
+
+def random_batch(seed: int, n: int = 6, size: int = 24):
+    rng = np.random.default_rng(seed)
+    target = (rng.random((n, 1, size, size)) > 0.8).astype(np.float32)
+    logits = rng.normal(size=(n, 1, size, size)).astype(np.float32) + 2 * (target - 0.5)
+    return torch.from_numpy(logits), torch.from_numpy(target)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pooled_metrics_match_sklearn(seed):
+    logits, target = random_batch(seed)
+    metric = OverlapMetrics()
+    metric.update(logits[:3], target[:3])
+    metric.update(logits[3:], target[3:])  # accumulates across batches
+    scores = metric.compute()
+    y, p = target.flatten().numpy(), (logits > 0).flatten().numpy().astype(np.float32)
+    assert scores["dice"].item() == pytest.approx(f1_score(y, p), abs=1e-6)
+    assert scores["iou"].item() == pytest.approx(jaccard_score(y, p), abs=1e-6)
+    assert scores["precision"].item() == pytest.approx(precision_score(y, p), abs=1e-6)
+    assert scores["recall"].item() == pytest.approx(recall_score(y, p), abs=1e-6)
+    assert scores["accuracy"].item() == pytest.approx(accuracy_score(y, p), abs=1e-6)
+    assert scores["specificity"].item() == pytest.approx(recall_score(1 - y, 1 - p), abs=1e-6)
+
+
+def test_per_image_metrics_are_means_of_sklearn_per_image():
+    logits, target = random_batch(3)
+    metric = OverlapMetrics()
+    metric.update(logits, target)
+    scores = metric.compute()
+    per_image = [f1_score(t.flatten().numpy(), (l > 0).flatten().numpy()) for l, t in zip(logits, target)]
+    assert scores["dice_per_image"].item() == pytest.approx(np.mean(per_image), abs=1e-6)
+    np.testing.assert_allclose(metric.per_image_scores()["dice"].numpy(), per_image, atol=1e-6)
+
+
+def test_threshold_is_applied_to_probabilities():
+    logits = torch.tensor([[[[0.5, 1.5]]]])  # probabilities 0.62 and 0.82
+    target = torch.tensor([[[[1.0, 1.0]]]])
+    metric = OverlapMetrics(threshold=0.7)
+    metric.update(logits, target)
+    assert metric.compute()["recall"].item() == pytest.approx(0.5)
+
+
+def test_empty_target_and_empty_prediction_score_one_not_nan():
+    metric = OverlapMetrics()
+    metric.update(torch.full((1, 1, 4, 4), -5.0), torch.zeros(1, 1, 4, 4))
+    scores = metric.compute()
+    assert all(torch.isfinite(v) for v in scores.values())
+    assert scores["dice_per_image"].item() == 1.0 and scores["precision_per_image"].item() == 1.0
+
+
+def test_empty_prediction_on_a_tumour_scores_zero_and_lowers_the_mean():
+    target = torch.zeros(2, 1, 4, 4)
+    target[:, :, 1:3, 1:3] = 1
+    logits = torch.where(target > 0, 5.0, -5.0)
+    logits[1] = -5.0  # second image: nothing predicted
+    metric = OverlapMetrics()
+    metric.update(logits, target)
+    scores = metric.compute()
+    assert scores["precision_per_image"].item() == pytest.approx(0.5)  # (1 + 0) / 2, no NaN dropped
+    assert scores["dice_per_image"].item() == pytest.approx(0.5)
+
+
+def test_hausdorff_matches_scipy_directed_hausdorff():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        pred = rng.random((32, 32)) > 0.9
+        target = rng.random((32, 32)) > 0.9
+        hd, hd95, empty = hausdorff_distances(pred, target)
+        a, b = np.argwhere(pred), np.argwhere(target)
+        expected = max(directed_hausdorff(a, b)[0], directed_hausdorff(b, a)[0])
+        # scipy compares all pixels; boundaries give the same maximum for Euclidean distances
+        assert hd == pytest.approx(expected, rel=1e-6)
+        assert hd95 <= hd and not empty
+
+
+def test_hd95_is_the_larger_directed_95th_percentile():
+    pred = np.zeros((40, 40), bool)
+    target = np.zeros((40, 40), bool)
+    pred[10, 10] = True
+    target[10, 10:31] = True  # distances 0..20 from the single predicted pixel
+    hd, hd95, _ = hausdorff_distances(pred, target)
+    assert hd == pytest.approx(20.0)
+    assert hd95 == pytest.approx(np.percentile(np.arange(21), 95))
+
+
+def test_spacing_converts_to_millimetres():
+    pred = np.zeros((20, 20), bool)
+    target = np.zeros((20, 20), bool)
+    pred[5, 5] = target[5, 15] = True
+    assert hausdorff_distances(pred, target)[0] == pytest.approx(10.0)
+    assert hausdorff_distances(pred, target, spacing=(0.5, 0.8))[0] == pytest.approx(8.0)
+
+
+def test_one_empty_mask_scores_the_image_diagonal_and_is_counted():
+    pred = np.zeros((30, 40), bool)
+    target = np.zeros((30, 40), bool)
+    target[5:8, 5:8] = True
+    hd, hd95, empty = hausdorff_distances(pred, target)
+    assert hd == hd95 == pytest.approx(50.0) and empty
+    assert hausdorff_distances(pred, pred) == (0.0, 0.0, False)
+    metric = HausdorffMetrics()
+    metric.update(torch.full((1, 1, 30, 40), -5.0), torch.from_numpy(target[None, None].astype(np.float32)))
+    scores = metric.compute()
+    assert scores["hd"].item() == pytest.approx(50.0) and scores["hd_empty"].item() == 1
+
+
+def test_bad_threshold_is_rejected():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        OverlapMetrics(threshold=1.0)
