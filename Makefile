@@ -1,0 +1,26 @@
+# Two commands do all the set-up on a fresh machine with only Python 3.10+:
+#   make run    - build .venv, then train on the shipped sample (a few minutes on CPU)
+#   make test   - build .venv, then run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= xla,tune,keras,export,dev
+
+.PHONY: setup run test lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+run: setup
+	$(PY) scripts/fit.py
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
