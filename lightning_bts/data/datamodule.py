@@ -98,7 +98,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
     def _loader(self, part: str, train: bool = False) -> DataLoader:
         hp = self.hparams
         augmentation = train_augmentation(hp.augment) if train else None
-        dataset = SliceDataset(self.data, self.indices(part), hp.in_channels, augmentation)
+        dataset = SliceDataset(self.data, self.indices(part), augmentation)
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,

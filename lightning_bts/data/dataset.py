@@ -16,20 +16,17 @@ class SliceDataset(Dataset):
     """Items ``{"image": uint8 (C, S, S), "mask": uint8 (1, S, S) in {0, 1}, "index": int}``.
 
     Images stay uint8 until they reach the model (which scales by 1/255 as the Keras original does), so
-    batches are four times smaller to move to an accelerator. Grayscale slices are repeated to
-    ``in_channels`` channels, as Keras read the grayscale PNGs as RGB.
+    batches are four times smaller to move to an accelerator. Channels were set in preprocessing.
     """
 
     def __init__(
         self,
         data: PreprocessedSlices,
         indices: Sequence[int],
-        in_channels: int,
         augmentation: A.Compose | None = None,
     ) -> None:
         self.data = data
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.in_channels = in_channels
         self.augmentation = augmentation
 
     def __len__(self) -> int:
@@ -43,7 +40,5 @@ class SliceDataset(Dataset):
             image, mask = out["image"], out["mask"]
             image = image.reshape(*mask.shape, -1)  # albumentations may drop a singleton channel
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        if image.shape[0] != self.in_channels:
-            image = image.expand(self.in_channels, -1, -1)
         mask = torch.from_numpy(np.ascontiguousarray(mask))[None]
         return {"image": image.contiguous(), "mask": mask, "index": index}

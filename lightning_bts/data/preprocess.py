@@ -22,22 +22,23 @@ import pandas as pd
 from lightning_bts.data.records import read_pair
 from lightning_bts.data.skull_strip import SKULL_STRIP_METHODS, brain_mask
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # bump when preprocessing changes what it produces
 
 
 @dataclass(frozen=True)
 class PreprocessedSlices:
-    """Images ``(N, S, S, C)`` uint8 (C = 1 for grayscale sources, 3 for RGB) and masks ``(N, S, S)`` {0, 1}."""
+    """Images ``(N, S, S, C)`` uint8 (C = the model's in_channels) and masks ``(N, S, S)`` {0, 1}."""
 
     images: np.ndarray
     masks: np.ndarray
 
 
-def preprocess_slice(
-    image_path: str, mask_path: str, image_size: int, skull_strip: str, rgb: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """One slice: read and validate, strip the skull from the image only, resize both to ``image_size``."""
-    image, mask = read_pair(image_path, mask_path)
+def preprocess_image(image: np.ndarray, image_size: int, skull_strip: str, rgb: bool) -> np.ndarray:
+    """uint8 ``(S, S, C)`` from a uint8 ``(H, W)`` or RGB ``(H, W, 3)`` image: strip the skull, set channels, resize.
+
+    Training, evaluation and prediction on new scans all go through this function, so a model always sees
+    input prepared the way it was trained.
+    """
     gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     if rgb:
         image = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
@@ -46,11 +47,19 @@ def preprocess_slice(
     if skull_strip != "none":
         brain = brain_mask(gray, skull_strip)
         image = image * (brain[..., None] if image.ndim == 3 else brain).astype(np.uint8)
-    size = (image_size, image_size)
     shrinking = image.shape[0] > image_size or image.shape[1] > image_size
-    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-    return image.reshape(image_size, image_size, -1), mask
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    image = cv2.resize(image, (image_size, image_size), interpolation=interpolation)
+    return image.reshape(image_size, image_size, -1)
+
+
+def preprocess_slice(
+    image_path: str, mask_path: str, image_size: int, skull_strip: str, rgb: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """One slice: read and validate, prepare the image, resize the mask (nearest; it is never stripped)."""
+    image, mask = read_pair(image_path, mask_path)
+    mask = cv2.resize(mask, (image_size, image_size), interpolation=cv2.INTER_NEAREST)
+    return preprocess_image(image, image_size, skull_strip, rgb), mask
 
 
 def preprocess_dataset(

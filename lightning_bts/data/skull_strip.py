@@ -13,8 +13,8 @@ scalp, face: not noise specks) and takes their *convex hull*, widened by :data:`
 the image side. That is the head without the air around it: it zeros about 43% of each image (the paper:
 51%) but almost nothing inside the head (0.7% of it; the paper: 9%), so it removes background noise and
 detached artefacts, not skull. It loses no tumour pixel on the shared set, nor when the slices are
-darkened (gamma 1.6) or brightened (gamma 0.6), noised or downsized. The alternative that strips more,
-the convex hull of the largest component alone plus a margin, also keeps every tumour on the shared set,
+darkened (gamma 1.6) or brightened (gamma 0.6), noised or downsized. The alternative that strips more of
+the head (1.5%), the convex hull of the largest component alone plus a margin, keeps every tumour too,
 but loses tumours on 10 slices (2 whole) after a mild gamma 1.3: whether the largest component is the
 brain depends on contrast, and new scans at inference may differ.
 
