@@ -35,7 +35,7 @@ def test_per_image_metrics_are_means_of_sklearn_per_image():
     metric = OverlapMetrics()
     metric.update(logits, target)
     scores = metric.compute()
-    per_image = [f1_score(t.flatten().numpy(), (l > 0).flatten().numpy()) for l, t in zip(logits, target)]
+    per_image = [f1_score(t.flatten().numpy(), (x > 0).flatten().numpy()) for x, t in zip(logits, target)]
     assert scores["dice_per_image"].item() == pytest.approx(np.mean(per_image), abs=1e-6)
     np.testing.assert_allclose(metric.per_image_scores()["dice"].numpy(), per_image, atol=1e-6)
 

@@ -68,7 +68,8 @@ def test_transposed_convs_and_head_are_glorot_uniform_and_biases_zero():
     up = model.decoder[0].up.weight
     limit = math.sqrt(6.0 / ((up.shape[0] + up.shape[1]) * 4))
     assert up.abs().max() <= limit and up.abs().max() > 0.9 * limit
-    assert all((m.bias == 0).all() for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    assert all((m.bias == 0).all() for m in convs)
 
 
 def test_batch_norm_is_optional_and_off_by_default():

@@ -1,0 +1,228 @@
+"""Export a checkpoint's U-Net to ONNX or TorchScript, checked against PyTorch before the file is kept.
+
+The exported graph is the bare network: float32 ``(N, C, S, S)`` images in 0..255 in (the /255 scaling is
+inside, as the Keras ``Lambda`` layer), logits ``(N, 1, S, S)`` out; the batch axis is dynamic. Skull
+stripping and resizing to ``S`` are *not* in the graph: they are done beforehand exactly as
+:func:`lightning_bts.inference.prepare_image` does (``docs/inference.md`` states the contract). The
+preprocessing settings travel in the file (ONNX ``metadata_props``; TorchScript extra file
+``lightning_bts.json``) so a deployment can read them instead of guessing.
+
+Every export is run on sample slices, with a batch size other than the one traced, and compared with the
+PyTorch model (onnxruntime for ONNX); the file is only written when the maximum absolute difference of the
+logits is within ``atol``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_bts.checkpoints import (
+    CheckpointError,
+    Preprocessing,
+    model_from_checkpoint,
+    preprocessing_from_dict,
+    read_checkpoint,
+)
+from lightning_bts.data.records import DatasetError, read_image
+from lightning_bts.inference import InferenceError, find_images, prepare_image
+from lightning_bts.module import SegmentationModule
+
+FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript"}
+DEFAULT_SAMPLES = "data/sample/images"
+ONNX_OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+class ExportError(RuntimeError):
+    """An export that failed or does not reproduce the PyTorch model."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """Where the model went and how closely the export reproduces PyTorch on ``num_samples`` slices."""
+
+    path: Path
+    format: str
+    max_abs_diff: float
+    max_abs_logit: float
+    num_samples: int
+    batch_sizes: tuple[int, ...]
+
+
+def export_network(model: SegmentationModule) -> nn.Module:
+    """The model's U-Net, copied to CPU, float32, contiguous memory format (not channels_last), eval mode."""
+    net = copy.deepcopy(model.net).to(device="cpu", dtype=torch.float32, memory_format=torch.contiguous_format)
+    return net.eval()
+
+
+def contract(model: SegmentationModule, preprocessing: Preprocessing, checkpoint: str | Path) -> dict[str, str]:
+    """The input/output contract stored in the exported file (all values strings, as ONNX metadata needs)."""
+    size, channels = preprocessing.image_size, preprocessing.in_channels
+    return {
+        "input": f"{INPUT_NAME}: float32 (N, {channels}, {size}, {size}), pixel values 0..255 (not divided by 255)",
+        "output": f"{OUTPUT_NAME}: float32 (N, 1, {size}, {size}); tumour where sigmoid(logits) > threshold",
+        "image_size": str(size),
+        "in_channels": str(channels),
+        "skull_strip": preprocessing.skull_strip,
+        "threshold": str(model.hparams.get("threshold", 0.5)),
+        "preprocessing": "skull strip the grayscale slice (lightning_bts.data.skull_strip.brain_mask, method "
+        "skull_strip), zero outside, resize to image_size (INTER_AREA when shrinking, else linear); "
+        "in_channels 3 = RGB or grayscale repeated",
+        "source_checkpoint": Path(checkpoint).name,
+    }
+
+
+def sample_batch(preprocessing: Preprocessing, samples: Sequence[str | Path] | None, count: int = 4) -> torch.Tensor:
+    """float32 ``(N, C, S, S)`` in 0..255: the first ``count`` readable images of ``samples``, preprocessed.
+
+    ``samples=None`` uses the shipped sample when run from the repository, else seeded random images.
+    """
+    if samples is None and Path(DEFAULT_SAMPLES).is_dir():
+        samples = [DEFAULT_SAMPLES]
+    images = []
+    for path in find_images(samples) if samples else []:
+        try:
+            images.append(prepare_image(read_image(path), preprocessing))
+        except DatasetError:
+            continue
+        if len(images) == count:
+            break
+    if not images:
+        shape = (count, preprocessing.in_channels, preprocessing.image_size, preprocessing.image_size)
+        return torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)).float()
+    return torch.from_numpy(np.stack(images)).float()
+
+
+def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    """ONNX (opset 18, dynamo exporter) with a dynamic batch axis and ``metadata`` as metadata_props."""
+    try:
+        import onnx
+    except ImportError as error:
+        raise ExportError("ONNX export needs onnx and onnxscript: pip install 'lightning_bts[export]'") from error
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(net, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET, dynamo=True,
+                                    verbose=False)
+    proto = program.model_proto
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    """TorchScript by tracing (the U-Net has no data-dependent control flow); ``metadata`` as an extra file."""
+    with warnings.catch_warnings():
+        # The U-Net's check that H and W divide by 2**depth is evaluated once while tracing; sizes are fixed.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(net, example)
+    torch.jit.save(traced, str(path), _extra_files={"lightning_bts.json": json.dumps(metadata, indent=2)})
+
+
+def run_exported(path: Path, kind: str, images: torch.Tensor) -> np.ndarray:
+    """Logits of the exported file for ``images`` (onnxruntime on CPU for ONNX)."""
+    if kind == "onnx":
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ExportError("checking an ONNX export needs onnxruntime: pip install 'lightning_bts[export]'") \
+                from error
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    module = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return module(images).numpy()
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    output: str | Path,
+    samples: Sequence[str | Path] | None = None,
+    num_samples: int = 4,
+    atol: float = 1e-4,
+) -> ExportReport:
+    """Exports ``checkpoint`` to ``output`` (``.onnx``; ``.pt``/``.pth``/``.ts`` = TorchScript) and checks it.
+
+    The file is traced with a batch of 2 and checked with all ``num_samples`` slices at once and with one
+    slice alone (the batch axis is dynamic); it is written only if every logit is within ``atol`` of PyTorch.
+
+    Raises:
+        CheckpointError: unusable checkpoint. ExportError: unknown format, output = checkpoint, or a check
+        failed (no file is left behind).
+    """
+    output = Path(output)
+    kind = FORMATS.get(output.suffix.lower())
+    if kind is None:
+        raise ExportError(f"cannot tell the format of {output}: use .onnx (ONNX) or .pt (TorchScript)")
+    if output.resolve() == Path(checkpoint).resolve():
+        raise ExportError(f"refusing to overwrite the checkpoint {checkpoint} with its export")
+    if num_samples < 2:
+        raise ExportError(f"num_samples must be at least 2 (to check the dynamic batch axis), got {num_samples}")
+    state = read_checkpoint(checkpoint)
+    model = model_from_checkpoint(state, checkpoint).to("cpu")
+    preprocessing = preprocessing_from_dict(state, checkpoint)
+    net = export_network(model)
+    images = sample_batch(preprocessing, samples, num_samples)
+    if len(images) < 2:
+        images = torch.cat([images, images.flip(-1)])
+    with torch.inference_mode():
+        expected = net(images).numpy()
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.stem}.{os.getpid()}.tmp{output.suffix}")
+    try:
+        exporter = export_onnx if kind == "onnx" else export_torchscript
+        exporter(net, images[:2].clone(), temporary, contract(model, preprocessing, checkpoint))
+        batches = (len(images), 1)
+        diff = max(float(np.abs(run_exported(temporary, kind, images[:n]) - expected[:n]).max()) for n in batches)
+        if not diff <= atol:
+            raise ExportError(f"{kind} export of {checkpoint} differs from PyTorch by up to {diff:.3g} "
+                              f"(allowed {atol:g}); nothing written")
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return ExportReport(output, kind, diff, float(np.abs(expected).max()), len(images), batches)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export a checkpoint's U-Net to ONNX (.onnx) or TorchScript (.pt). Input float32 (N, C, S, S) "
+        "in 0..255 after skull stripping and resizing; output logits. See docs/inference.md.",
+    )
+    parser.add_argument("--ckpt", required=True, metavar="PATH", help="a checkpoint written by scripts/fit.py")
+    parser.add_argument("--output", required=True, metavar="FILE", help="FILE.onnx or FILE.pt (TorchScript)")
+    parser.add_argument("--samples", nargs="+", default=None, metavar="PATH_OR_GLOB",
+                        help=f"slices to check the export on (default: {DEFAULT_SAMPLES} if present, else random)")
+    parser.add_argument("--num-samples", type=int, default=4, help="how many slices to check on (default 4)")
+    parser.add_argument("--atol", type=float, default=1e-4,
+                        help="largest allowed absolute logit difference to PyTorch (default 1e-4)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/export.py``. Exit status 0 on success, 2 on errors."""
+    args = build_parser().parse_args(argv)
+    try:
+        report = export_checkpoint(args.ckpt, args.output, args.samples, args.num_samples, args.atol)
+    except (CheckpointError, ExportError, InferenceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {report.format} model {report.path}; checked on {report.num_samples} slice(s) with batch sizes "
+          f"{'/'.join(map(str, report.batch_sizes))}: max |logit difference| to PyTorch {report.max_abs_diff:.3g} "
+          f"(logits up to {report.max_abs_logit:.3g})")
+    return 0

@@ -1,0 +1,10 @@
+"""Export a checkpoint to ONNX or TorchScript, verified against PyTorch (see docs/inference.md).
+
+    python scripts/export.py --ckpt runs/focal_fold0/<version>/checkpoints/last.ckpt --output model.onnx
+    python scripts/export.py --ckpt runs/focal_fold0/<version>/checkpoints/last.ckpt --output model.pt
+"""
+
+from lightning_bts.export import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""ONNX and TorchScript exports reproduce the PyTorch model, carry their contract, and fail cleanly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_bts import export
+from lightning_bts.checkpoints import load_model
+from lightning_bts.export import ExportError, export_checkpoint, main
+from tests.test_inference import IMAGE_SIZE, trained_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return trained_checkpoint(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pytorch_logits(trained):
+    model = load_model(trained[0])
+
+    def logits(images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return model(images).numpy()
+
+    return logits
+
+
+def random_slices(count: int) -> torch.Tensor:
+    """float32 0..255, as the contract says (an independent check beside the export's own samples)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (count, 3, IMAGE_SIZE, IMAGE_SIZE), generator=generator).float()
+
+
+def test_onnx_matches_pytorch_with_a_dynamic_batch(trained, pytorch_logits, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    checkpoint, root = trained
+    output = tmp_path / "model.onnx"
+    assert main(["--ckpt", str(checkpoint), "--output", str(output), "--samples", str(root / "images")]) == 0
+    assert "max |logit difference| to PyTorch" in capsys.readouterr().out
+
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    (given,), (returned,) = session.get_inputs(), session.get_outputs()
+    assert given.name == "images" and given.type == "tensor(float)"
+    assert isinstance(given.shape[0], str) and given.shape[1:] == [3, IMAGE_SIZE, IMAGE_SIZE]
+    assert returned.name == "logits" and returned.shape[1:] == [1, IMAGE_SIZE, IMAGE_SIZE]
+    for count in (1, 3):
+        images = random_slices(count)
+        logits = session.run(["logits"], {"images": images.numpy()})[0]
+        assert logits.shape == (count, 1, IMAGE_SIZE, IMAGE_SIZE)
+        assert np.abs(logits - pytorch_logits(images)).max() <= 1e-4
+
+    metadata = {prop.key: prop.value for prop in onnx.load(str(output)).metadata_props}
+    assert metadata["image_size"] == str(IMAGE_SIZE) and metadata["skull_strip"] == "safe"
+    assert "0..255" in metadata["input"] and "sigmoid" in metadata["output"]
+
+
+def test_torchscript_matches_pytorch_and_carries_its_contract(trained, pytorch_logits, tmp_path):
+    checkpoint, root = trained
+    report = export_checkpoint(checkpoint, tmp_path / "model.pt", samples=[root / "images"], num_samples=3)
+    assert report.format == "torchscript" and report.max_abs_diff <= 1e-4 and report.batch_sizes == (3, 1)
+    files = {"lightning_bts.json": ""}
+    module = torch.jit.load(str(report.path), map_location="cpu", _extra_files=files)
+    assert json.loads(files["lightning_bts.json"])["in_channels"] == "3"
+    images = random_slices(5)
+    with torch.inference_mode():
+        assert np.abs(module(images).numpy() - pytorch_logits(images)).max() <= 1e-4
+
+
+def test_bad_exports_leave_nothing_behind(trained, tmp_path, monkeypatch, capsys):
+    checkpoint, root = trained
+    with pytest.raises(ExportError, match="format of .*model.h5"):
+        export_checkpoint(checkpoint, tmp_path / "model.h5")
+    named_pt = tmp_path / "keep" / "model.pt"  # a checkpoint that happens to end in .pt
+    named_pt.parent.mkdir()
+    named_pt.write_bytes(checkpoint.read_bytes())
+    with pytest.raises(ExportError, match="overwrite the checkpoint"):
+        export_checkpoint(named_pt, named_pt)
+    out = tmp_path / "out"
+    monkeypatch.setattr(export, "run_exported", lambda path, kind, images: np.zeros((len(images), 1, 1, 1)))
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_checkpoint(checkpoint, out / "bad.pt", samples=[root / "images"], num_samples=2)
+    assert list(out.iterdir()) == []
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    not_a_checkpoint.write_text("hello")
+    assert main(["--ckpt", str(not_a_checkpoint), "--output", str(out / "m.onnx")]) == 2
+    assert "notes.ckpt" in capsys.readouterr().err and not (out / "m.onnx").exists()
