@@ -113,21 +113,22 @@ class BTSCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
         if config.get("enable_checkpointing") is not False and not _has(config.get("callbacks"), ModelCheckpoint):
-            callbacks.append(default_checkpoint())
+            callbacks.extend(default_checkpoints())
         if config.get("logger") is not False and not _has(config.get("callbacks"), LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         return super()._instantiate_trainer(config, callbacks + self.extra_callbacks)
 
 
-def default_checkpoint() -> ModelCheckpoint:
-    """Keeps the last epoch (what cross-validation reports) and the best by validation Dice."""
-    return ModelCheckpoint(
-        monitor=MONITOR,
-        mode="max",
-        save_last=True,
-        filename="epoch{epoch:02d}-dice{val/dice:.4f}",
-        auto_insert_metric_name=False,
-    )
+def default_checkpoints() -> list[ModelCheckpoint]:
+    """``last.ckpt`` every epoch (what cross-validation reports) and the best epoch by validation Dice.
+
+    Two callbacks, because Lightning 2.6's ``save_last=True`` rewrites ``last.ckpt`` only in epochs that also
+    save a new best, which leaves it stale whenever the last epoch is not the best.
+    """
+    last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    best = ModelCheckpoint(monitor=MONITOR, mode="max", save_top_k=1,
+                           filename="best-epoch{epoch:02d}-dice{val/dice:.4f}", auto_insert_metric_name=False)
+    return [last, best]
 
 
 def _has(callbacks: Any, kind: type) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from lightning_bts.cli import BTSCLI
+from lightning_bts.cli import BTSCLI, MONITOR
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,13 @@ def train(args: Sequence[str] | None = None, callbacks: Sequence[Callback] = ())
     cli = BTSCLI(args=args, extra_callbacks=callbacks)
     cli.datamodule.load()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
-    checkpoint = next((cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
+    checkpoints = [cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    last = next((cb.best_model_path for cb in checkpoints if cb.monitor is None and cb.best_model_path), None)
+    best = next((cb.best_model_path for cb in checkpoints if cb.monitor == MONITOR and cb.best_model_path), None)
     metrics = {name: float(value) for name, value in cli.trainer.callback_metrics.items()}
     return TrainResult(
         metrics=metrics,
         log_dir=Path(cli.trainer.log_dir),
-        last_checkpoint=Path(checkpoint.last_model_path) if checkpoint and checkpoint.last_model_path else None,
-        best_checkpoint=Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None,
+        last_checkpoint=Path(last) if last else None,
+        best_checkpoint=Path(best) if best else None,
     )

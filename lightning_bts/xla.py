@@ -1,0 +1,317 @@
+"""torch_xla for Lightning: TPUs, and the same code on XLA's CPU (or CUDA) backend. The only module that imports
+torch_xla, and only inside functions, so the package imports without it.
+
+Two accelerator names reach XLA:
+
+* ``tpu``: Lightning's own ``XLAAccelerator``. It counts TPU chips on the PCI bus (and asks GCE metadata), so it
+  is available on TPU VMs only.
+* ``xla``: :class:`PJRTAccelerator`, registered here. It runs on whatever ``PJRT_DEVICE`` names (``CPU``,
+  ``TPU``, ``CUDA``; torch_xla picks TPU or CPU when unset), which is how CI exercises the XLA code path on CPU.
+
+Either way Lightning picks its XLA strategies: one device -> ``SingleDeviceXLAStrategy``, all devices
+(``--devices auto``) -> ``XLAStrategy`` (one process per TPU chip; on the CPU backend, one process with a thread
+per ``CPU_NUM_DEVICES`` device). Precision on XLA: ``32-true``, ``bf16-true`` or ``16-true`` (Lightning's
+``XLAPrecision``; it has no ``bf16-mixed``).
+
+Hygiene, measured with :class:`CompileMonitor` (``scripts/xla_check.py``): after the first epoch (train and
+validation, whose last partial batch compiles one extra shape once) no new graph compiles. That needs fixed
+shapes (the DataModule drops the last partial training batch), no host syncs inside a step (no ``.item()``,
+no SciPy: :class:`~lightning_bts.metrics.HausdorffMetrics` is skipped on XLA by the module), epoch-level
+``self.log`` only, and a graph cut after every evaluation batch (:class:`XLAGraphCuts`), which
+``SingleDeviceXLAStrategy`` does not do by itself (it only cuts after ``optimizer.step``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.accelerators import AcceleratorRegistry
+from pytorch_lightning.accelerators.xla import XLAAccelerator
+from pytorch_lightning.callbacks import Callback
+
+XLA_NAME = "xla"
+XLA_ACCELERATORS = ("tpu", XLA_NAME)  # accelerator names that run on XLA
+
+
+def pjrt_device_count() -> int:
+    """Devices of this host for the current ``PJRT_DEVICE``, counted without starting the XLA runtime.
+
+    ``xr.global_runtime_device_count()`` would start it, and a started runtime makes ``xmp.spawn`` (the
+    multi-device launcher) refuse to run; so count as the runtime will: ``CPU_NUM_DEVICES`` (default 1) on CPU,
+    the PCI chips on TPU, ``GPU_NUM_DEVICES`` or the visible GPUs on CUDA.
+    """
+    from torch_xla import runtime as xr  # importing torch_xla sets PJRT_DEVICE to TPU or CPU when unset
+
+    device = (xr.device_type() or "").upper()
+    if device == "CPU":
+        return int(os.environ.get("CPU_NUM_DEVICES", "1"))
+    if device == "TPU":
+        from torch_xla._internal import tpu
+
+        return tpu.num_available_devices()
+    if device in ("CUDA", "GPU"):
+        return int(os.environ.get("GPU_NUM_DEVICES", torch.cuda.device_count()))
+    return xr.global_runtime_device_count()
+
+
+class PJRTAccelerator(XLAAccelerator):
+    """Lightning's XLA accelerator on any PJRT device, not only TPU chips (``--accelerator xla``).
+
+    Lightning's ``XLAAccelerator`` is reused whole (strategies, precision, checkpoint I/O); only availability,
+    device counting and device parsing change, since its versions probe for TPU hardware.
+    """
+
+    @staticmethod
+    def auto_device_count() -> int:
+        try:
+            return pjrt_device_count()
+        except (ImportError, RuntimeError, ValueError, OSError):
+            return 0
+
+    @staticmethod
+    def is_available() -> bool:
+        return PJRTAccelerator.auto_device_count() > 0
+
+    @staticmethod
+    def parse_devices(devices: int | str | list[int]) -> int | list[int]:
+        """``1``, all devices (``'auto'`` or their count), or one device's index as ``[i]`` / ``"i,"``."""
+        count = PJRTAccelerator.auto_device_count()
+        parsed: Any = devices
+        if isinstance(devices, str):
+            text = devices.strip()
+            if text == "auto":
+                parsed = count
+            elif text.lstrip("-").isdigit():
+                parsed = int(text)
+            else:
+                parsed = [int(part) for part in text.split(",") if part.strip()]
+        if isinstance(parsed, int) and not isinstance(parsed, bool) and parsed in {1, count}:
+            return parsed
+        if isinstance(parsed, (list, tuple)) and len(parsed) == 1 and 0 <= int(parsed[0]) < count:
+            return [int(parsed[0])]
+        raise ValueError(
+            f"devices={devices!r} is not valid for XLA ({os.environ.get('PJRT_DEVICE', 'PJRT_DEVICE unset')}, "
+            f"{count} device(s)): expected 1, {count} ('auto') or a single index [0..{count - 1}]"
+        )
+
+    @staticmethod
+    def get_parallel_devices(devices: int | list[int]) -> list[torch.device]:
+        devices = PJRTAccelerator.parse_devices(devices)
+        if isinstance(devices, int):
+            return [torch.device("xla", index) for index in range(devices)]
+        return [torch.device("xla", devices[0])]
+
+    @staticmethod
+    def name() -> str:
+        return XLA_NAME
+
+    @classmethod
+    def register_accelerators(cls, accelerator_registry: Any) -> None:
+        accelerator_registry.register(cls.name(), cls, description=cls.__name__)
+
+
+def register_xla_accelerator() -> None:
+    """Registers :class:`PJRTAccelerator` as ``"xla"`` in Lightning's accelerator registry (idempotent)."""
+    if XLA_NAME not in AcceleratorRegistry:
+        PJRTAccelerator.register_accelerators(AcceleratorRegistry)
+
+
+def xla_trainer_overrides(accelerator: Any) -> tuple[dict[str, Any], list[Callback]]:
+    """Trainer arguments and callbacks for a run on ``accelerator`` (a name or an Accelerator instance).
+
+    ``"xla"`` becomes a :class:`PJRTAccelerator` instance: Lightning picks its XLA strategies for an
+    ``XLAAccelerator`` instance or the name ``"tpu"`` only, so a registered name alone would get a CPU strategy.
+    Every XLA run gets :class:`XLAGraphCuts`. Not XLA: nothing.
+    """
+    if accelerator == XLA_NAME:
+        register_xla_accelerator()
+        return {"accelerator": PJRTAccelerator()}, [XLAGraphCuts()]
+    if accelerator == "tpu" or isinstance(accelerator, XLAAccelerator):
+        return {}, [XLAGraphCuts()]
+    return {}, []
+
+
+def mark_step() -> None:
+    """Cuts the lazy graph here: runs what is pending as one graph (nothing to run: no graph, no compile)."""
+    import torch_xla.core.xla_model as xm
+
+    xm.mark_step()
+
+
+class XLAGraphCuts(Callback):
+    """Cuts the lazy graph after each evaluation batch and at the start of each training epoch.
+
+    ``SingleDeviceXLAStrategy`` cuts only after ``optimizer.step``, so an evaluation epoch would otherwise trace
+    into one graph unrolled over all its batches (compiled again whenever the batch count changes);
+    ``XLAStrategy``'s ``MpDeviceLoader`` cuts per batch already, and a second cut finds nothing to run. The cut
+    at epoch start runs the previous epoch's leftovers (Lightning's epoch-mean of ``train/loss``, metric resets)
+    as their own small graph; folded into the first training step instead, they would make that step a new graph
+    compiled once more in the second epoch.
+    """
+
+    def on_train_epoch_start(self, *args: Any, **kwargs: Any) -> None:
+        mark_step()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        mark_step()
+
+    def on_test_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        mark_step()
+
+    def on_predict_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        mark_step()
+
+
+def compile_stats() -> tuple[int, float]:
+    """Graphs compiled so far in this process, and their total compile time in seconds (torch_xla metrics)."""
+    import torch_xla.debug.metrics as met
+
+    data = met.metric_data("CompileTime")
+    if data is None:
+        return 0, 0.0
+    count, total_ns = data[0], data[1]
+    return int(count), float(total_ns) / 1e9
+
+
+@dataclass
+class EpochStats:
+    """One training epoch (its validation included) as XLA saw it."""
+
+    epoch: int
+    compiles: int
+    compile_s: float
+    steps: int
+    train_s: float
+
+    @property
+    def step_ms(self) -> float:
+        return 1000.0 * self.train_s / max(self.steps, 1)
+
+
+@dataclass
+class CompileReport:
+    """What :class:`CompileMonitor` measured: compiles before training (sanity validation), then per epoch."""
+
+    setup_compiles: int = 0
+    epochs: list[EpochStats] = field(default_factory=list)
+
+    @property
+    def compiles_after_warmup(self) -> int:
+        """New graphs after the first epoch: 0 when shapes are fixed and nothing syncs in a step."""
+        return sum(stats.compiles for stats in self.epochs[1:])
+
+    @property
+    def steps_after_warmup(self) -> int:
+        return sum(stats.steps for stats in self.epochs[1:])
+
+    @property
+    def step_ms(self) -> float:
+        """Mean training step time after the first epoch (the first epoch when there is only one)."""
+        epochs = self.epochs[1:] or self.epochs
+        steps = sum(stats.steps for stats in epochs)
+        return 1000.0 * sum(stats.train_s for stats in epochs) / max(steps, 1)
+
+    def summary_line(self) -> str:
+        return (f"compiles_after_warmup={self.compiles_after_warmup} steps={self.steps_after_warmup} "
+                f"step_ms={self.step_ms:.1f}")
+
+    def lines(self) -> list[str]:
+        rows = [f"before training (sanity validation): {self.setup_compiles} compiles"]
+        rows += [f"epoch {s.epoch}: {s.compiles} compiles ({s.compile_s:.1f} s compiling), {s.steps} steps, "
+                 f"{s.step_ms:.1f} ms/step" for s in self.epochs]
+        return rows + [self.summary_line()]
+
+    def to_json(self, path: Path) -> None:
+        payload = {"setup_compiles": self.setup_compiles, "epochs": [asdict(stats) for stats in self.epochs]}
+        Path(path).write_text(json.dumps(payload, indent=2))
+
+    @classmethod
+    def from_json(cls, path: Path) -> CompileReport:
+        payload = json.loads(Path(path).read_text())
+        return cls(payload["setup_compiles"], [EpochStats(**stats) for stats in payload["epochs"]])
+
+
+class CompileMonitor(Callback):
+    """Counts XLA graph compilations and times training steps per epoch, from ``torch_xla.debug.metrics``.
+
+    An epoch's window runs from its start to the next epoch's start (or the end of training), so work that
+    Lightning runs after ``on_train_epoch_end`` (epoch-level metric reduction, checkpoints) counts in the epoch
+    that caused it. Step time is the training part of the epoch (to the start of validation, after waiting for
+    the device) over its steps. With ``path``, global rank zero writes the report there as JSON after every epoch:
+    under ``XLAStrategy`` training runs in spawned workers, and the file is how the report reaches the caller.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.report = CompileReport()
+        self._mark: tuple[int, float] = (0, 0.0)
+        self._epoch_start = 0.0
+        self._train_s = 0.0
+        self._steps = 0
+
+    def _close_epoch(self, trainer: pl.Trainer) -> None:
+        if self._steps == 0:
+            return
+        mark_step()  # the epoch's pending work compiles in its own window, whatever the callback order
+        count, seconds = compile_stats()
+        self.report.epochs.append(EpochStats(len(self.report.epochs), count - self._mark[0],
+                                             seconds - self._mark[1], self._steps, self._train_s))
+        self._mark, self._steps = (count, seconds), 0
+        if self.path is not None and trainer.is_global_zero:
+            self.report.to_json(self.path)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mark = compile_stats()
+        self.report = CompileReport(setup_compiles=self._mark[0])
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_epoch(trainer)
+        self._epoch_start = time.perf_counter()
+        self._train_s = 0.0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._steps += 1
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self._steps == 0:
+            return
+        import torch_xla.core.xla_model as xm
+
+        xm.wait_device_ops()  # lazy execution is asynchronous: time the steps, not their tracing
+        self._train_s = time.perf_counter() - self._epoch_start
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._steps and not self._train_s:  # no validation ran: time to the end of the epoch
+            self._train_s = time.perf_counter() - self._epoch_start
+        self._close_epoch(trainer)
+
+
+def xla_check_args(epochs: int, image_size: int, devices: str, output_dir: str, batch_size: int,
+                   extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """CLI arguments of the XLA check: a short fit of the default model on the sample, on ``--accelerator xla``."""
+    return [
+        "--accelerator", XLA_NAME, "--devices", devices, "--precision", "32-true",
+        "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
+        "--trainer.log_every_n_steps", "1",
+        "--data.image_size", str(image_size), "--data.batch_size", str(batch_size), "--data.num_workers", "0",
+        "--model.hausdorff", "false",
+        "--output_dir", output_dir, "--run_name", "xla_check", "--version", "0",
+        *extra,
+    ]
+
+
+def run_xla_check(args: list[str], report_path: Path) -> tuple[CompileReport, Any]:
+    """Trains with ``args`` (``train`` CLI arguments) and a :class:`CompileMonitor`; returns its report and the
+    :class:`~lightning_bts.train.TrainResult`. Without ``PJRT_DEVICE`` torch_xla picks TPU if attached, else CPU.
+    """
+    from lightning_bts.train import train
+
+    result = train(args, callbacks=[CompileMonitor(report_path)])
+    return CompileReport.from_json(report_path), result
