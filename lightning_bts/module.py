@@ -9,9 +9,10 @@ import torch
 from pytorch_lightning.accelerators import XLAAccelerator
 from pytorch_lightning.utilities import rank_zero_warn
 
-from lightning_bts.losses import KERAS_EPSILON, build_loss
+from lightning_bts.losses import build_loss
 from lightning_bts.metrics import HausdorffMetrics, OverlapMetrics
 from lightning_bts.models.unet import UNet, paper_dropout_rates
+from lightning_bts.optim import KerasAdam
 
 SCHEDULERS = ("none", "cosine", "plateau")
 
@@ -21,8 +22,10 @@ class SegmentationModule(pl.LightningModule):
 
     Network arguments (``in_channels`` ... ``input_scale``) build the U-Net; ``dropout_scale`` multiplies the
     paper's dropout rates (0 turns dropout off). Loss arguments pick the loss by name (``focal``, ``bce``,
-    ``dice``, ``dice_focal``, ``dice_bce``); ``loss_eps`` is Keras' probability clipping (0 = none). Adam uses
-    Keras' defaults (``lr`` 1e-3, ``adam_eps`` 1e-7, not torch's 1e-8).
+    ``dice``, ``dice_focal``, ``dice_bce``); ``loss_eps`` overrides the probability clipping (0 = none; by
+    default each loss clips as Keras trains it). The optimiser is Keras' Adam step for step
+    (:class:`~lightning_bts.optim.KerasAdam`: ``lr`` 1e-3, ``adam_eps`` 1e-7 added before bias correction);
+    ``keras_adam=False`` gives torch's stock Adam.
 
     Logged per epoch (names shared with checkpointing, early stopping and Ray Tune): ``train/loss``,
     ``val/loss`` and ``val/{dice,iou,precision,recall,accuracy,specificity}`` pooled over all validation
@@ -41,9 +44,10 @@ class SegmentationModule(pl.LightningModule):
         loss: str = "focal",
         focal_gamma: float = 2.0,
         focal_alpha: float | None = None,
-        loss_eps: float = KERAS_EPSILON,
+        loss_eps: float | None = None,
         lr: float = 1e-3,
         adam_eps: float = 1e-7,
+        keras_adam: bool = True,
         weight_decay: float = 0.0,
         scheduler: str = "none",
         threshold: float = 0.5,
@@ -114,7 +118,8 @@ class SegmentationModule(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay)
+        adam = KerasAdam if hp.get("keras_adam", True) else torch.optim.Adam
+        optimizer = adam(self.parameters(), lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay)
         if hp.scheduler == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.trainer.max_epochs, 1))
             return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -54,11 +54,16 @@ def test_saturated_logits_give_finite_loss_and_gradients(name):
 
 
 def test_keras_clipping_bounds_the_loss_of_a_confident_mistake():
-    # Keras clips p into [1e-7, 1 - 1e-7]: a wrong, saturated pixel costs -log(1e-7), not infinity.
-    loss = build_loss("bce")(torch.tensor([[[[-100.0]]]]), torch.tensor([[[[1.0]]]]))
-    assert loss.item() == pytest.approx(-math.log(1e-7), rel=1e-6)
-    unclipped = build_loss("bce", eps=0.0)(torch.tensor([[[[-100.0]]]]), torch.tensor([[[[1.0]]]]))
-    assert unclipped.item() == pytest.approx(100.0, rel=1e-6)
+    # keras.losses.binary_crossentropy on probabilities clips p into [1e-7, 1 - 1e-7]: a wrong, saturated
+    # pixel costs -log(1e-7), not infinity. In training Keras uses the sigmoid's logits, unclipped: our default.
+    logits, target = torch.tensor([[[[-100.0]]]]), torch.tensor([[[[1.0]]]])
+    assert build_loss("bce", eps=1e-7)(logits, target).item() == pytest.approx(-math.log(1e-7), rel=1e-6)
+    assert build_loss("bce")(logits, target).item() == pytest.approx(100.0, rel=1e-6)
+
+
+def test_focal_clips_from_below_by_default_as_the_focal_loss_package():
+    logits, target = torch.tensor([[[[-100.0]]]]), torch.tensor([[[[1.0]]]])
+    assert build_loss("focal")(logits, target).item() == pytest.approx(-math.log(1e-7) * (1 - 1e-7) ** 2, rel=1e-5)
 
 
 def test_dice_loss_is_zero_for_a_perfect_confident_prediction():

@@ -3,12 +3,16 @@
 ==============  ==========================================================================
 name            loss
 ==============  ==========================================================================
-``bce``         Keras ``binary_crossentropy`` (probabilities clipped at 1e-7)
+``bce``         Keras ``binary_crossentropy`` as Keras trains it: after a sigmoid layer Keras computes it
+                from the logits, unclipped (``eps=1e-7`` gives the clipped form on probabilities)
 ``focal``       ``focal_loss.BinaryFocalLoss(gamma=2)``; alpha-balanced when ``alpha`` is set
 ``dice``        soft Dice (segmentation-models-pytorch ``DiceLoss``, binary mode)
 ``dice_focal``  ``dice + focal``
 ``dice_bce``    ``dice + bce``
 ==============  ==========================================================================
+
+Each loss defaults to the clipping Keras applies *in training* (measured in ``reports/keras_parity.md``):
+BCE none, focal ``max(p, 1e-7)`` as the focal-loss package does. ``build_loss(eps=...)`` overrides both.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class BCELoss(nn.Module):
         logits, target: ``(N, 1, H, W)``; returns a scalar.
     """
 
-    def __init__(self, eps: float = KERAS_EPSILON) -> None:
+    def __init__(self, eps: float = 0.0) -> None:
         super().__init__()
         self.eps = eps
 
@@ -71,18 +75,21 @@ def _dice() -> nn.Module:
     return DiceLoss(mode="binary", from_logits=True)
 
 
-def build_loss(name: str, gamma: float = 2.0, alpha: float | None = None, eps: float = KERAS_EPSILON) -> nn.Module:
-    """The loss called ``name`` (see the module docstring). ``gamma``/``alpha`` apply to focal terms only.
+def build_loss(name: str, gamma: float = 2.0, alpha: float | None = None, eps: float | None = None) -> nn.Module:
+    """The loss called ``name`` (see the module docstring). ``gamma``/``alpha`` apply to focal terms only;
+    ``eps`` (probability clipping, 0 = none) overrides each term's Keras training default when given.
 
     Raises:
         ValueError: unknown name; the message lists the valid ones.
     """
+    bce_eps = 0.0 if eps is None else eps
+    focal_eps = KERAS_EPSILON if eps is None else eps
     builders = {
-        "bce": lambda: BCELoss(eps),
-        "focal": lambda: FocalLoss(gamma, alpha, eps),
+        "bce": lambda: BCELoss(bce_eps),
+        "focal": lambda: FocalLoss(gamma, alpha, focal_eps),
         "dice": _dice,
-        "dice_focal": lambda: SumLoss(_dice(), FocalLoss(gamma, alpha, eps)),
-        "dice_bce": lambda: SumLoss(_dice(), BCELoss(eps)),
+        "dice_focal": lambda: SumLoss(_dice(), FocalLoss(gamma, alpha, focal_eps)),
+        "dice_bce": lambda: SumLoss(_dice(), BCELoss(bce_eps)),
     }
     if name not in builders:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
