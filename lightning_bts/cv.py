@@ -1,0 +1,312 @@
+"""k-fold cross-validation of several losses: the paper's focal-vs-BCE experiment, made leakage-free.
+
+Every (fold, loss) run is one call of :func:`lightning_bts.train.train` with the user's config and
+overrides plus ``--data.fold K --model.loss LOSS``. Each call re-parses the config, so ``seed_everything``
+re-seeds and the model is built afresh: every fold and every loss starts from the *same* initial weights
+(the notebook re-used one model across folds), and the split depends only on the data, ``data.seed`` and
+``data.num_folds``, so every loss sees the same folds. Comparisons are therefore paired.
+
+After each run the weights of its LAST epoch (what the paper reports, not the best epoch: picking the
+best on the validation fold would bias it upward; saved as ``final.ckpt``, see :class:`FinalCheckpoint`) are
+evaluated on the fold's validation slices with
+:func:`lightning_bts.evaluation.evaluate_checkpoints`. Results go to ``OUT``:
+
+    protocol.json                 command, git commit, training args, losses, folds
+    folds/<loss>_fold<k>.json     pooled and per-image metrics, split, resolved config (written last: a run
+                                  whose file exists is finished, and is skipped when the command is re-run)
+    per_image/<loss>_fold<k>.csv  one row per validation slice
+    curves/<loss>_fold<k>.csv     per-epoch learning curves (from the run's metrics.csv)
+    predictions/<loss>_fold<k>.npz  predicted validation masks (bit-packed), for the report's gallery
+    folds.csv, per_image.csv, curves.csv   the above, concatenated
+    runs/, cache/                 checkpoints, logs and the preprocessing cache (git-ignored: large)
+
+    python scripts/cv.py --out reports/cv_sample --config configs/quick_cpu.yaml --trainer.max_epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from pytorch_lightning.callbacks import Callback
+
+from lightning_bts.evaluation import (
+    PRECISIONS,
+    evaluate_checkpoints,
+    predictions_npz,
+    to_json,
+    write_files_atomically,
+)
+from lightning_bts.train import train
+
+DEFAULT_LOSSES = ("focal", "bce")
+VERSION = "cv"
+# Set by the runner for every run; passing them too would silently be overridden.
+RESERVED = ("--data.fold", "--data.num_folds", "--model.loss", "--run_name", "--version", "--output_dir",
+            "--ckpt_path")
+# What makes two invocations the same experiment (a re-run may add losses or folds, nothing else).
+PROTOCOL_KEYS = ("train_args", "num_folds", "threshold", "eval_precision")
+
+
+class CVError(ValueError):
+    """The cross-validation cannot run or resume as asked; the message says why."""
+
+
+class FinalCheckpoint(Callback):
+    """Saves the weights after the last epoch to ``<log_dir>/checkpoints/final.ckpt`` (weights only).
+
+    The evaluated checkpoint must not depend on how a config sets up checkpointing: Lightning 2.6's
+    ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only in epochs that save a new best (seen
+    here: a 2-epoch run left last.ckpt at epoch 0), and a config may replace the default callbacks.
+    """
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.path = Path(trainer.log_dir) / "checkpoints" / "final.ckpt"
+        trainer.save_checkpoint(self.path, weights_only=True)
+
+
+def run_name(loss: str, fold: int) -> str:
+    return f"{loss}_fold{fold}"
+
+
+def result_path(out_dir: str | Path, loss: str, fold: int) -> Path:
+    return Path(out_dir) / "folds" / f"{run_name(loss, fold)}.json"
+
+
+def git_commit() -> str:
+    """The commit of the code that ran, with ``+dirty`` when files differ from it; ``unknown`` outside git."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def _check_args(train_args: Sequence[str]) -> None:
+    for arg in train_args:
+        name = arg.split("=", 1)[0]
+        if name in RESERVED:
+            raise CVError(f"{name} is set by the cross-validation runner for each run; remove it from the arguments")
+
+
+def _protocol(out_dir: Path, train_args: list[str], losses: Sequence[str], num_folds: int, threshold: float,
+              eval_precision: str, command: str | None) -> dict[str, Any]:
+    """Record the experiment, or check that ``out_dir`` holds the same one (then add the new losses)."""
+    protocol = {
+        "train_args": train_args, "num_folds": num_folds, "threshold": threshold, "eval_precision": eval_precision,
+        "losses": list(losses), "command": command or " ".join(sys.argv), "git_commit": git_commit(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    path = out_dir / "protocol.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        differing = [key for key in PROTOCOL_KEYS if previous.get(key) != protocol[key]]
+        if differing:
+            details = "; ".join(f"{key}: {previous.get(key)!r} there, {protocol[key]!r} now" for key in differing)
+            raise CVError(f"{out_dir} holds results of a different experiment ({details}); use another --out")
+        previous["losses"] = list(dict.fromkeys([*previous.get("losses", []), *losses]))
+        previous.setdefault("resumed", []).append({"command": protocol["command"], "git_commit": protocol["git_commit"],
+                                                   "at": protocol["started"]})
+        protocol = previous
+    write_files_atomically(out_dir, {"protocol.json": to_json(protocol),
+                                     ".gitignore": "# checkpoints, logs and the preprocessing cache\nruns/\ncache/\n"})
+    return protocol
+
+
+def learning_curves(metrics_csv: str | Path) -> pd.DataFrame:
+    """One row per epoch from a CSVLogger metrics.csv (train and validation rows merged)."""
+    table = pd.read_csv(metrics_csv)
+    table = table.dropna(subset=["epoch"]).drop(columns=["step"], errors="ignore")
+    columns = [c for c in table.columns if c == "epoch" or c.startswith(("train/", "val/", "lr"))]
+    curves = table[columns].groupby("epoch", as_index=False).first()
+    curves["epoch"] = curves["epoch"].astype(int)
+    return curves
+
+
+def _resolved_config(log_dir: Path) -> dict[str, Any]:
+    """The settings a report states, from the config.yaml LightningCLI saved for the run."""
+    config = yaml.safe_load((log_dir / "config.yaml").read_text())
+    trainer, model, data = config["trainer"], config["model"], config["data"]
+    return {
+        "seed_everything": config.get("seed_everything"), "precision": trainer.get("precision"),
+        "accelerator": trainer.get("accelerator"), "max_epochs": trainer.get("max_epochs"),
+        "limit_train_batches": trainer.get("limit_train_batches"),
+        "limit_val_batches": trainer.get("limit_val_batches"),
+        "loss": model.get("loss"), "focal_gamma": model.get("focal_gamma"), "focal_alpha": model.get("focal_alpha"),
+        "lr": model.get("lr"), "adam_eps": model.get("adam_eps"), "dropout_scale": model.get("dropout_scale"),
+        "base_filters": model.get("base_filters"), "batch_norm": model.get("batch_norm"),
+        "root": data.get("root"), "image_size": data.get("image_size"), "in_channels": data.get("in_channels"),
+        "skull_strip": data.get("skull_strip"), "num_folds": data.get("num_folds"), "fold": data.get("fold"),
+        "split_seed": data.get("seed"), "batch_size": data.get("batch_size"), "augment": data.get("augment"),
+        "test_fraction": data.get("test_fraction"),
+    }
+
+
+def _check_same_split(out_dir: Path, fold: int, val_keys: list[str], loss: str) -> None:
+    for other in sorted((out_dir / "folds").glob(f"*_fold{fold}.json")):
+        previous = json.loads(other.read_text())
+        if previous["val_keys"] != val_keys:
+            raise CVError(f"fold {fold} of {loss} validated on other slices than {other.name}: the split changed "
+                          "(data, data.seed or data.num_folds); use another --out")
+
+
+def run_one(out_dir: Path, train_args: list[str], loss: str, fold: int, num_folds: int, threshold: float,
+            eval_precision: str, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train one (fold, loss) from fresh seeded weights, evaluate its last checkpoint, write its results."""
+    name = run_name(loss, fold)
+    runs = out_dir / "runs"
+    shutil.rmtree(runs / name / VERSION, ignore_errors=True)  # an interrupted attempt: start it over
+    args = [*train_args]
+    if not any(arg.split("=", 1)[0] == "--data.cache_dir" for arg in args):
+        args += ["--data.cache_dir", str(out_dir / "cache")]
+    args += ["--data.num_folds", str(num_folds), "--data.fold", str(fold), "--model.loss", loss,
+             "--run_name", name, "--version", VERSION, "--output_dir", str(runs)]
+    started = time.perf_counter()
+    final = FinalCheckpoint()
+    result = train(args, callbacks=[*callbacks, final])
+    train_seconds = time.perf_counter() - started
+    if final.path is None or not final.path.is_file():
+        raise CVError(f"run {name} ended without writing its final checkpoint in {result.log_dir}")
+    evaluation = evaluate_checkpoints([final.path], part="val", threshold=threshold,
+                                      precision=eval_precision, device="auto", keep_predictions=True)
+    split = json.loads((result.log_dir / "splits.json").read_text())
+    _check_same_split(out_dir, fold, split["val"], loss)
+    per_image = evaluation.per_image.assign(loss=loss, fold=fold)
+    curves = learning_curves(result.log_dir / "metrics.csv").assign(loss=loss, fold=fold)
+    record = {
+        "loss": loss, "fold": fold, "run": name, "metrics": evaluation.metrics,
+        "logged_last_epoch": {k: v for k, v in result.metrics.items() if k.startswith("val/")},
+        "train_seconds": round(train_seconds, 1),
+        "config": _resolved_config(result.log_dir),
+        "checkpoint": str(final.path.relative_to(out_dir) if final.path.is_relative_to(out_dir) else final.path),
+        "val_keys": split["val"], "n_train": len(split["train"]),
+        "val_groups": sorted(set(per_image["patient_group"])),
+    }
+    write_files_atomically(out_dir, {
+        f"per_image/{name}.csv": per_image.to_csv(index=False),
+        f"curves/{name}.csv": curves.to_csv(index=False),
+        f"predictions/{name}.npz": predictions_npz(evaluation.per_image["key"], evaluation.predictions),
+    })
+    write_files_atomically(out_dir, {f"folds/{name}.json": to_json(record)})  # last: marks the run finished
+    return record
+
+
+def collect(out_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Concatenate the finished runs into ``folds.csv``, ``per_image.csv`` and ``curves.csv`` (and return them)."""
+    out_dir = Path(out_dir)
+    records = [json.loads(p.read_text()) for p in sorted((out_dir / "folds").glob("*.json"))]
+    if not records:
+        raise CVError(f"{out_dir} holds no finished runs (folds/*.json)")
+    rows = []
+    for record in records:
+        metrics = record["metrics"]
+        row = {"loss": record["loss"], "fold": record["fold"], "n_val": metrics["n_images"],
+               "n_train": record["n_train"], "train_seconds": record["train_seconds"]}
+        row.update({k: v for k, v in metrics.items() if isinstance(v, int | float) and k not in ("threshold",)})
+        row.update({f"{k}_per_image": v for k, v in metrics["per_image"].items()})
+        rows.append(row)
+    names = [run_name(r["loss"], r["fold"]) for r in records]
+    tables = {
+        "folds": pd.DataFrame(rows).sort_values(["loss", "fold"], ignore_index=True),
+        "per_image": pd.concat([pd.read_csv(out_dir / "per_image" / f"{n}.csv", dtype={"key": str,
+                               "patient_group": str}) for n in names], ignore_index=True),
+        "curves": pd.concat([pd.read_csv(out_dir / "curves" / f"{n}.csv") for n in names], ignore_index=True),
+    }
+    write_files_atomically(out_dir, {f"{name}.csv": table.to_csv(index=False) for name, table in tables.items()})
+    return tables
+
+
+def run_cv(
+    train_args: Sequence[str],
+    out_dir: str | Path,
+    losses: Sequence[str] = DEFAULT_LOSSES,
+    num_folds: int = 5,
+    folds: Sequence[int] | None = None,
+    threshold: float = 0.5,
+    eval_precision: str = "32-true",
+    callbacks: Sequence[Callback] = (),
+    command: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or resume) ``folds`` (default all) x ``losses``; returns each finished run's record.
+
+    Runs go fold by fold (all losses of fold 0, then fold 1, ...) so a partial experiment is already paired.
+    A run whose ``folds/<loss>_fold<k>.json`` exists is skipped (its record has ``"skipped": True``).
+
+    Raises:
+        CVError: reserved arguments given, ``out_dir`` holds another experiment, the split changed.
+    """
+    train_args = [str(arg) for arg in train_args]
+    _check_args(train_args)
+    if eval_precision not in PRECISIONS:
+        raise CVError(f"unknown eval precision {eval_precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if not losses:
+        raise CVError("no loss to run")
+    folds = list(range(num_folds)) if folds is None else list(folds)
+    bad = [fold for fold in folds if not 0 <= fold < num_folds]
+    if bad:
+        raise CVError(f"folds {bad} are out of range for {num_folds} folds (0..{num_folds - 1})")
+    out_dir = Path(out_dir)
+    _protocol(out_dir, train_args, losses, num_folds, threshold, eval_precision, command)
+    records = []
+    for fold in folds:
+        for loss in losses:
+            path = result_path(out_dir, loss, fold)
+            if path.is_file():
+                print(f"[cv] {run_name(loss, fold)}: finished earlier, skipped ({path})", flush=True)
+                records.append({**json.loads(path.read_text()), "skipped": True})
+                continue
+            print(f"[cv] {run_name(loss, fold)}: training", flush=True)
+            record = run_one(out_dir, train_args, loss, fold, num_folds, threshold, eval_precision, callbacks)
+            metrics = record["metrics"]
+            print(f"[cv] {run_name(loss, fold)}: dice {metrics['dice']:.4f}, hd95 {metrics['hd95']:.2f} "
+                  f"({record['train_seconds']:.0f} s)", flush=True)
+            records.append({**record, "skipped": False})
+    collect(out_dir)
+    return records
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        description="k-fold cross-validation of several losses (default: 5 folds x focal, bce), resumable. "
+        "Every other argument is passed to training as in scripts/fit.py (--config, --trainer.*, ...).",
+        epilog="Example: python scripts/cv.py --out reports/cv_figshare --report --config configs/paper_focal.yaml "
+        "--data.root ../shared/data/figshare_brain_tumor --data.image_size 64 --trainer.max_epochs 10",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--out", required=True, help="results folder (re-run the same command to resume)")
+    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES))
+    parser.add_argument("--num-folds", type=int, default=5, help="k (sets data.num_folds for every run)")
+    parser.add_argument("--folds", type=int, nargs="+", default=None, help="run only these folds (default all)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the evaluation")
+    parser.add_argument("--eval-precision", default="32-true", choices=tuple(PRECISIONS),
+                        help="precision of the evaluation of each fold's last checkpoint (default 32-true)")
+    parser.add_argument("--report", action="store_true", help="write the report (report.md, CSV, PNG) at the end")
+    parser.add_argument("--report-only", action="store_true", help="only (re)write the report from finished runs")
+    return parser.parse_known_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, train_args = parse_args(argv)
+    if not args.report_only:
+        run_cv(train_args, args.out, args.losses, args.num_folds, args.folds, args.threshold, args.eval_precision,
+               command=" ".join(["python scripts/cv.py", *(sys.argv[1:] if argv is None else argv)]))
+    if args.report or args.report_only:
+        from lightning_bts.report import build_report
+
+        print(f"[cv] report: {build_report(args.out)}")

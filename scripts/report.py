@@ -1,0 +1,9 @@
+"""Write the cross-validation report (Markdown, CSV, PNG) from scripts/cv.py's results folder.
+
+    python scripts/report.py reports/cv_figshare
+"""
+
+from lightning_bts.report import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Evaluating checkpoints without training: reproduces the logged validation metrics; ensembles; bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from lightning_bts.data import BrainTumorDataModule, DatasetError
+from lightning_bts.evaluation import (
+    CheckpointError,
+    evaluate,
+    evaluate_checkpoints,
+    format_table,
+    load_checkpoints,
+    main,
+)
+from lightning_bts.train import train
+from tests.conftest import REPO, SAMPLE_ROOT, write_dataset
+
+RATIOS = ("dice", "iou", "precision", "recall", "accuracy", "specificity")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short fp32 run on fold 0 of a 2-fold split of the sample (fp32: the logged metrics are exact)."""
+    out = tmp_path_factory.mktemp("evaluation")
+    result = train([
+        "--config", str(REPO / "configs" / "quick_cpu.yaml"), "--data.root", str(SAMPLE_ROOT),
+        "--data.image_size", "32", "--data.num_folds", "2", "--data.num_workers", "0", "--data.batch_size", "32",
+        "--data.cache_dir", str(out / "cache"), "--model.base_filters", "4", "--model.lr", "0.01",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--precision", "32-true", "--output_dir", str(out / "runs"), "--run_name", "r", "--version", "v",
+    ])
+    return out, result
+
+
+def _edited_checkpoint(source, target, edit):
+    checkpoint = torch.load(source, weights_only=False)
+    edit(checkpoint)
+    torch.save(checkpoint, target)
+    return target
+
+
+def test_evaluate_script_reproduces_the_logged_validation_metrics(trained, tmp_path, capsys):
+    _, result = trained
+    out = main(["--ckpt", str(result.last_checkpoint), "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    written = json.loads((out / "metrics.json").read_text())
+    logs = pd.read_csv(result.log_dir / "metrics.csv")
+    last = logs.dropna(subset=["val/dice"]).iloc[-1]
+    for name in (*RATIOS, "hd", "hd95"):
+        assert written[name] == pytest.approx(last[f"val/{name}"], rel=1e-5, abs=1e-6), name
+    for name in RATIOS:
+        assert written["per_image"][name] == pytest.approx(last[f"val/{name}_per_image"], rel=1e-5, abs=1e-6), name
+    assert 0 < written["accuracy"] < 1 and written["n_images"] == 67 and written["part"] == "val"
+    printed = capsys.readouterr().out
+    assert format_table(written) in printed  # what is printed is what was written
+
+    per_image = pd.read_csv(out / "per_image.csv", dtype={"key": str, "patient_group": str})
+    assert len(per_image) == 67 and per_image["key"].str.len().eq(4).all()
+    assert per_image["dice"].mean() == pytest.approx(written["per_image"]["dice"], abs=1e-6)
+    assert per_image["hd95"].mean() == pytest.approx(written["hd95"], rel=1e-5)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_ensemble_threshold_and_other_dataset(trained, tmp_path):
+    _, result = trained
+    single = evaluate_checkpoints([result.last_checkpoint], data_root=SAMPLE_ROOT, device="cpu")
+    assert single.metrics["n_images"] == 129 and single.metrics["part"] == "all"
+    twice = evaluate_checkpoints([result.last_checkpoint] * 2, data_root=SAMPLE_ROOT, device="cpu")
+    assert twice.metrics["ensemble_size"] == 2
+    for name in RATIOS:  # the mean probability of identical members is the member's probability
+        assert twice.metrics[name] == pytest.approx(single.metrics[name], abs=1e-6)
+    strict = evaluate_checkpoints([result.last_checkpoint], data_root=SAMPLE_ROOT, device="cpu", threshold=0.9)
+    assert strict.per_image["predicted_pixels"].sum() <= single.per_image["predicted_pixels"].sum()
+
+    models, data_hparams, _ = load_checkpoints([result.last_checkpoint])
+    datamodule = BrainTumorDataModule(**{**data_hparams, "num_workers": 0})
+    direct = evaluate(models[0], datamodule, part="val")  # the in-process form cross-validation uses
+    assert direct.metrics["dice"] == pytest.approx(
+        evaluate_checkpoints([result.last_checkpoint], device="cpu").metrics["dice"])
+
+    other_fold = _edited_checkpoint(result.last_checkpoint, tmp_path / "fold1.ckpt",
+                                    lambda c: c["datamodule_hyper_parameters"].update(fold=1))
+    with pytest.raises(CheckpointError, match="share no 'val' part"):
+        evaluate_checkpoints([result.last_checkpoint, other_fold], device="cpu")
+    ensemble = evaluate_checkpoints([result.last_checkpoint, other_fold], data_root=SAMPLE_ROOT, device="cpu")
+    assert ensemble.metrics["n_images"] == 129
+
+
+def test_checkpoint_of_another_architecture_is_refused(trained, tmp_path):
+    _, result = trained
+    wider = _edited_checkpoint(result.last_checkpoint, tmp_path / "wider.ckpt",
+                               lambda c: c["hyper_parameters"].update(base_filters=8))
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(3, 3)}, "hyper_parameters": {"hidden_size": 3},
+                "datamodule_hyper_parameters": {"root": str(SAMPLE_ROOT)}}, foreign)
+    resized = _edited_checkpoint(result.last_checkpoint, tmp_path / "resized.ckpt",
+                                 lambda c: c["datamodule_hyper_parameters"].update(image_size=64))
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    cases = [
+        ([wider], "weight shapes do not match the architecture"),
+        ([foreign], "is not a SegmentationModule checkpoint"),
+        ([garbage], "cannot be loaded as a PyTorch checkpoint"),
+        ([result.last_checkpoint, resized], "trained on other preprocessing"),
+    ]
+    for paths, message in cases:
+        with pytest.raises(CheckpointError, match=message):
+            main(["--ckpt", *map(str, paths), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_fold_checkpoint_is_refused_before_anything_is_written(trained, tmp_path):
+    _, result = trained
+    missing = tmp_path / "runs" / "focal_fold3" / "cv" / "checkpoints" / "final.ckpt"
+    with pytest.raises(CheckpointError, match=f"checkpoint {missing} does not exist"):
+        main(["--ckpt", str(result.last_checkpoint), str(missing), "--data-root", str(SAMPLE_ROOT),
+              "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_without_masks_is_refused(trained, tmp_path):
+    _, result = trained
+    root = write_dataset(tmp_path / "no_masks", groups=2, slices_per_group=2, size=32)
+    shutil.rmtree(root / "masks")
+    with pytest.raises(DatasetError, match="missing"):
+        main(["--ckpt", str(result.last_checkpoint), "--data-root", str(root), "--out", str(tmp_path / "out")])
+    (root / "metadata.csv").unlink()  # plain folders: images/ without masks/
+    with pytest.raises(DatasetError, match="needs images/ and masks/"):
+        main(["--ckpt", str(result.last_checkpoint), "--data-root", str(root), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_folder_is_updated_file_by_file(trained, tmp_path):
+    _, result = trained
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    main(["--ckpt", str(result.last_checkpoint), "--out", str(out), "--device", "cpu", "--save-predictions"])
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "notes.txt", "per_image.csv", "predictions.npz"]
