@@ -31,6 +31,7 @@ from lightning_bts.data import BrainTumorDataModule, load_records  # noqa: E402
 from lightning_bts.data.preprocess import preprocess_slice  # noqa: E402
 from lightning_bts.losses import build_loss  # noqa: E402
 from lightning_bts.models import UNet  # noqa: E402
+from lightning_bts.optim import KerasAdam  # noqa: E402
 
 
 def timed(step, batch: int, warmup: int, steps: int, repeats: int = 3) -> float:
@@ -56,7 +57,7 @@ def torch_rates(size: int, batch: int, best: bool, compile_model: bool, warmup: 
         images = images.contiguous(memory_format=torch.channels_last)
     net = torch.compile(model) if compile_model else model
     loss_fn = build_loss("focal")
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    optimizer = KerasAdam(model.parameters(), lr=1e-3, eps=1e-7)
 
     def train_step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=best):
@@ -74,6 +75,36 @@ def torch_rates(size: int, batch: int, best: bool, compile_model: bool, warmup: 
     model.eval()
     infer = timed(infer_step, batch, warmup, steps)
     return train, infer
+
+
+def torch_profile(size: int, batch: int, best: bool, top: int = 8) -> list[tuple[str, float]]:
+    """Where one training step's time goes: the ``top`` operators by self CPU time, as % of the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = UNet().train()
+    images = torch.rand(batch, 3, size, size) * 255
+    masks = (torch.rand(batch, 1, size, size) > 0.98).float()
+    if best:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    loss_fn, optimizer = build_loss("focal"), KerasAdam(model.parameters())
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=best):
+            loss = loss_fn(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step()
+    events = prof.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    ranked = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:top]
+    return [(event.key, 100 * event.self_cpu_time_total / total) for event in ranked]
 
 
 def keras_rates(size: int, batch: int, best: bool, warmup: int, steps: int) -> tuple[float, float]:
@@ -148,11 +179,12 @@ def main() -> None:
             rows[f"keras_train_{mode}_{size}"], rows[f"keras_infer_{mode}_{size}"] = theirs
             print(f"{size}px {mode}: torch train {ours[0]:.1f} infer {ours[1]:.1f} img/s | "
                   f"keras train {theirs[0]:.1f} infer {theirs[1]:.1f} img/s", flush=True)
+    small = min(args.sizes)
+    profiles = {mode: torch_profile(small, args.batch, mode == "best") for mode in ("fp32", "best")}
     default_size = 256 if 256 in args.sizes else args.sizes[-1]
     preprocess, loader = data_rates(args.data_root, default_size, args.batch)
     print(f"data: preprocessing {preprocess:.1f} slices/s (once), loader {loader:.1f} samples/s (every epoch)")
 
-    small = min(args.sizes)
     ratios = {}
     for size in args.sizes:
         for mode in ("fp32", "best"):
@@ -176,7 +208,12 @@ def main() -> None:
                          f"| {ti:.1f} | {ki:.1f} | {ti / ki:.2f}x |")
     lines += ["", f"Data pipeline at {default_size}px: preprocessing {preprocess:.1f} slices/s (once per dataset, "
               f"cached), loader {loader:.1f} samples/s per epoch (augmentation, default workers) = "
-              f"{ratios['data_over_train']:.2f}x what training consumes.", "", "```json", json.dumps(ratios), "```"]
+              f"{ratios['data_over_train']:.2f}x what training consumes.", ""]
+    lines += [f"Where a torch training step's time goes at {small}px (torch.profiler, self CPU time of the top "
+              "operators, % of the step):", "", "| fp32 | % | best (bf16 + channels_last) | % |", "|---|---:|---|---:|"]
+    for (op32, pct32), (opbest, pctbest) in zip(profiles["fp32"], profiles["best"]):
+        lines.append(f"| `{op32}` | {pct32:.1f} | `{opbest}` | {pctbest:.1f} |")
+    lines += ["", "```json", json.dumps(ratios), "```"]
     table = "\n".join(lines)
     print(table)
     if args.out:

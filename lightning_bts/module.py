@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -25,7 +26,9 @@ class SegmentationModule(pl.LightningModule):
     ``dice``, ``dice_focal``, ``dice_bce``); ``loss_eps`` overrides the probability clipping (0 = none; by
     default each loss clips as Keras trains it). The optimiser is Keras' Adam step for step
     (:class:`~lightning_bts.optim.KerasAdam`: ``lr`` 1e-3, ``adam_eps`` 1e-7 added before bias correction);
-    ``keras_adam=False`` gives torch's stock Adam.
+    ``keras_adam=False`` gives torch's stock Adam. ``init_weights`` fine-tunes from a Keras weights file of the
+    original (``.h5``/``.keras``, e.g. a user's notebook model) or a Lightning checkpoint of this module: it is
+    loaded when a fit starts fresh (a resumed fit restores its own checkpoint instead).
 
     Logged per epoch (names shared with checkpointing, early stopping and Ray Tune): ``train/loss``,
     ``val/loss`` and ``val/{dice,iou,precision,recall,accuracy,specificity}`` pooled over all validation
@@ -54,6 +57,7 @@ class SegmentationModule(pl.LightningModule):
         hausdorff: bool = True,
         pixel_spacing_mm: Sequence[float] | None = None,
         channels_last: bool = True,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         if scheduler not in SCHEDULERS:
@@ -78,10 +82,37 @@ class SegmentationModule(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.get("init_weights") and self.trainer.ckpt_path is None:
+            self.load_init_weights(self.hparams.init_weights)
         # XLA: Hausdorff runs SciPy on the host, a device sync every validation step; skip it (docs/tpu.md).
         if self.val_hausdorff is not None and isinstance(self.trainer.accelerator, XLAAccelerator):
             rank_zero_warn("hausdorff=True is skipped on XLA (SciPy syncs with the host each step): no val/hd*")
             self.val_hausdorff = None
+
+    def load_init_weights(self, path: str | Path) -> None:
+        """Copy the network weights of a Keras file (``.h5``/``.keras``) or a Lightning checkpoint into ours.
+
+        Raises:
+            ValueError: a missing file or a different architecture; the message names the file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"init_weights: {path} is not a file (expected a .ckpt, .h5 or .keras file)")
+        if path.suffix in (".h5", ".keras"):
+            from lightning_bts.keras_io import load_keras_weights
+
+            load_keras_weights(self.net, path)
+            return
+        from lightning_bts.checkpoints import read_checkpoint
+
+        state = read_checkpoint(path).get("state_dict", {})
+        weights = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}
+        try:
+            self.net.load_state_dict(weights)
+        except RuntimeError as error:
+            raise ValueError(f"init_weights: {path} does not hold this U-Net's weights "
+                             f"(in_channels={self.hparams.in_channels}, base_filters={self.hparams.base_filters}, "
+                             f"depth={self.hparams.depth}): {' '.join(str(error).split())[:300]}") from error
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, 1, H, W)`` for uint8 or float images ``(N, C, H, W)`` in 0..255."""

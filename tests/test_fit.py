@@ -8,6 +8,8 @@ import torch
 
 from lightning_bts.cli import BTSCLI, default_precision
 from lightning_bts.data import BrainTumorDataModule
+from lightning_bts.keras_io import export_keras_weights, load_keras_weights, save_lightning_checkpoint
+from lightning_bts.models import UNet
 from lightning_bts.module import SegmentationModule
 from lightning_bts.train import train
 from tests.conftest import REPO
@@ -83,6 +85,24 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(tmp_path
     assert result.last_checkpoint.name == "last.ckpt"
     assert torch.load(result.last_checkpoint, weights_only=False)["epoch"] == 2
     assert result.best_checkpoint != result.last_checkpoint
+
+
+def test_fit_fine_tunes_from_keras_weights(tmp_path):
+    keras_file = export_keras_weights(UNet(), tmp_path / "notebook.weights.h5")
+    # lr 0: the weights after the fit are the weights it started from
+    result = train(TINY + ["--trainer.limit_train_batches", "1", "--model.lr", "0", "--model.init_weights",
+                           str(keras_file), "--output_dir", str(tmp_path)])
+    saved = torch.load(result.last_checkpoint, weights_only=False)["state_dict"]
+    for name, value in load_keras_weights(UNet(), keras_file).state_dict().items():
+        torch.testing.assert_close(saved[f"net.{name}"], value, rtol=0, atol=0)
+
+
+def test_init_weights_of_another_architecture_is_refused_with_the_file_named(tmp_path):
+    other = save_lightning_checkpoint(UNet(base_filters=4), tmp_path / "small.ckpt")
+    with pytest.raises(ValueError, match="small.ckpt"):
+        SegmentationModule().load_init_weights(other)
+    with pytest.raises(ValueError, match="missing.h5"):
+        SegmentationModule().load_init_weights(tmp_path / "missing.h5")
 
 
 @pytest.mark.slow
