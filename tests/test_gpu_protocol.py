@@ -1,0 +1,40 @@
+"""benchmarks/gpu_protocol.py: its measurements, and a dry run of the whole protocol on the CPU."""
+
+import importlib.util
+import os
+import stat
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+spec = importlib.util.spec_from_file_location("gpu_protocol", REPO / "benchmarks" / "gpu_protocol.py")
+gpu_protocol = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_protocol)
+
+
+def test_sampler_reads_nvidia_smi_loop_output(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H100, 80, 1000'\necho 'NVIDIA H100, 100, 3000'\n"
+                    "echo 'NVIDIA H100, [N/A], 10'\nsleep 30\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    sampler = gpu_protocol.GpuSampler()
+    deadline = time.time() + 10
+    while len(sampler.utilisation) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    sampler.stop()
+    assert sampler.utilisation == [80.0, 100.0] and sampler.name == "NVIDIA H100"
+    assert "mean 90%" in sampler.summary() and "3000 MiB" in sampler.summary()
+
+
+@pytest.mark.slow
+def test_dry_run_on_the_cpu_writes_the_protocol_and_the_report(tiny_dataset, tmp_path):
+    out = tmp_path / "protocol"
+    gpu_protocol.main(["--out", str(out), "--data-root", str(tiny_dataset), "--num-folds", "2", "--workers", "0",
+                       "--accelerator", "cpu", "--precision", "32-true", "--data.image_size", "32",
+                       "--trainer.max_epochs", "1"])
+    summary = (out / "gpu_protocol.md").read_text()
+    assert "runs trained in this invocation: 4 of 4" in summary and "training throughput" in summary
+    assert (out / "report.md").is_file()
