@@ -165,11 +165,17 @@ def load_ensemble(
             first = preprocessing
         elif preprocessing != first:
             raise CheckpointError(
-                f"checkpoint {path} was trained with {preprocessing.as_dict()} but {paths[0]} with "
-                f"{first.as_dict()}; ensemble members must share the preprocessing"
+                f"checkpoint {path} was trained on other preprocessing ({preprocessing.as_dict()}) than "
+                f"{paths[0]} ({first.as_dict()}); ensemble members must share it"
             )
         models.append(model_from_checkpoint(checkpoint, path).to(map_location))
     return models, first
+
+
+def data_settings(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``BrainTumorDataModule`` arguments a checkpoint written by fit.py recorded (empty if none)."""
+    return {k: v for k, v in dict(checkpoint.get("datamodule_hyper_parameters") or {}).items()
+            if not k.startswith("_")}
 
 
 def _module_hparams(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str, Any]:

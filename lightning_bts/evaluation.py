@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_bts.checkpoints import CheckpointError, model_from_checkpoint, preprocessing_from_dict, read_checkpoint
+from lightning_bts.checkpoints import CheckpointError, data_settings, load_ensemble, read_checkpoint
 from lightning_bts.data import BrainTumorDataModule, DatasetError
 from lightning_bts.data.dataset import SliceDataset
 from lightning_bts.metrics import RATIO_NAMES, HausdorffMetrics, OverlapMetrics, logit_threshold
@@ -70,21 +70,9 @@ def load_checkpoints(
         CheckpointError: a path is missing or not a SegmentationModule checkpoint, or members were trained on
             differently preprocessed slices.
     """
-    if not paths:
-        raise CheckpointError("no checkpoint given")
-    models, settings, first = [], [], None
-    for path in paths:
-        checkpoint = read_checkpoint(path)
-        preprocessing = preprocessing_from_dict(checkpoint, path)
-        if first is None:
-            first = preprocessing
-        elif preprocessing != first:
-            raise CheckpointError(f"checkpoint {path} was trained on other preprocessing ({preprocessing.as_dict()}) "
-                                  f"than {paths[0]} ({first.as_dict()}); ensemble members must share it")
-        models.append(model_from_checkpoint(checkpoint, path).to(map_location))
-        settings.append({k: v for k, v in dict(checkpoint.get("datamodule_hyper_parameters") or {}).items()
-                         if not k.startswith("_")})
-    data = {**settings[0], **first.as_dict()}
+    models, preprocessing = load_ensemble(paths, map_location)
+    settings = [data_settings(read_checkpoint(path)) for path in paths]
+    data = {**settings[0], **preprocessing.as_dict()}
     return models, data, [member.get("fold") for member in settings]
 
 
