@@ -1,8 +1,11 @@
-"""benchmarks/gpu_protocol.py: its measurements, and a dry run of the whole protocol on the CPU."""
+"""The benchmark scripts run and report what they claim (their numbers are measured elsewhere, not asserted)."""
 
 import importlib.util
+import json
 import os
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -38,3 +41,18 @@ def test_dry_run_on_the_cpu_writes_the_protocol_and_the_report(tiny_dataset, tmp
     summary = (out / "gpu_protocol.md").read_text()
     assert "runs trained in this invocation: 4 of 4" in summary and "training throughput" in summary
     assert (out / "report.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.keras
+def test_cpu_benchmark_prints_the_ratio_json_last(tiny_dataset, tmp_path):
+    pytest.importorskip("tensorflow")
+    out = tmp_path / "bench.md"
+    run = subprocess.run([sys.executable, "benchmarks/cpu_vs_keras.py", "--sizes", "32", "--batch", "2", "--warmup",
+                          "1", "--steps", "1", "--data-root", str(tiny_dataset), "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ratios = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(ratios) == {"train_fp32_32", "train_best_32", "infer_fp32_32", "infer_best_32", "data_over_train"}
+    assert all(value > 0 for value in ratios.values())
+    assert "Where a torch training step's time goes" in out.read_text()
