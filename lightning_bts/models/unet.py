@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lightning_bts.models.dropout import FastDropout
+
 # Keras' he_normal draws from a normal truncated at two standard deviations, and scales the standard
 # deviation up by this constant so that the *truncated* distribution has variance 2 / fan_in.
 _TRUNCATED_NORMAL_STD_CORRECTION = 0.87962566103423978
@@ -55,7 +57,7 @@ class ConvBlock(nn.Sequential):
         layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_channels))
-        layers += [nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)]
+        layers += [nn.ReLU(inplace=True), FastDropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)]
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_channels))
         layers.append(nn.ReLU(inplace=True))
