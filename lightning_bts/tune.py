@@ -505,14 +505,23 @@ def run_sweep(settings: SweepSettings, tune_callbacks: Sequence[Any] = ()) -> Sw
                 name=settings.name,
                 storage_path=str(experiment_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
-                                                        checkpoint_score_order=MODE),
+                checkpoint_config=_checkpoint_config(cv=bool(folds)),
                 callbacks=list(tune_callbacks),
                 verbose=1,
             ),
         )
     grid = tuner.fit()
-    return write_results(grid, experiment_dir, parsed, base_args, list(space), settings.num_samples)
+    return write_results(grid, experiment_dir, parsed, base_args, list(space), settings.num_samples, cv=bool(folds))
+
+
+def _checkpoint_config(cv: bool) -> Any:
+    """Per trial: the best epoch's checkpoint; with ``cv`` the latest, the only one holding every fold (the
+    metric after fold k is the mean of folds 0..k, so an early checkpoint can score higher than the full one)."""
+    from ray import tune
+
+    if cv:
+        return tune.CheckpointConfig(num_to_keep=1)
+    return tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE)
 
 
 def _check_root(root: Path) -> None:
@@ -563,8 +572,9 @@ def _tune_config(settings: SweepSettings, max_t: int) -> Any:
 
 
 def write_results(grid: Any, experiment_dir: Path, parsed: TrainArgs, base_args: list[str], keys: list[str],
-                  num_samples: int) -> SweepResult:
-    """All trials as CSV and Markdown, the best trial as a fit.py config, and its best checkpoint copied.
+                  num_samples: int, cv: bool = False) -> SweepResult:
+    """All trials as CSV and Markdown, the best trial as a fit.py config, and its best checkpoint copied
+    (with ``cv`` its last, which holds every fold).
 
     ``complete`` is False when a trial did not finish or fewer than ``num_samples`` trials exist yet (an
     interrupted sweep, which ``resume`` continues).
@@ -603,7 +613,7 @@ def write_results(grid: Any, experiment_dir: Path, parsed: TrainArgs, base_args:
                   f"# Retrain: python scripts/fit.py --config {best_config}\n")
         _write_atomic(best_config, header + parsed.dump(base_args + override_args(best_overrides)))
         parsed.parse(["--config", str(best_config)])  # what fit.py --config will read
-        checkpoint = best.get_best_checkpoint(METRIC, MODE) if best.best_checkpoints else best.checkpoint
+        checkpoint = best.get_best_checkpoint(METRIC, MODE) if best.best_checkpoints and not cv else best.checkpoint
         if checkpoint is not None:
             best_checkpoint = experiment_dir / "best_checkpoint"
             staging = experiment_dir / ".best_checkpoint.tmp"
