@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 
@@ -14,8 +15,10 @@ from lightning_bts.module import SegmentationModule
 from lightning_bts.train import train
 from tests.conftest import REPO
 
-# Measured here: the no-argument run ended at val/dice 0.35 on fold 0 (0.21-0.35 over epochs 10-19); the floor
-# leaves room for bf16 and thread-order noise while still failing a run that learned nothing.
+# Measured here (KerasAdam, FastDropout): the no-argument run scores val/dice 0 for epochs 0-4, then swings
+# between 0.06 and 0.29 from epoch to epoch on the 15-patient sample (last epoch 0.21, mean of the last five
+# 0.25). The test averages the last five epochs so one bad epoch cannot fail it; a run that learned nothing
+# stays at 0.
 DICE_FLOOR = 0.15
 
 TINY = ["--data.image_size", "32", "--data.num_workers", "0", "--trainer.max_epochs", "1",
@@ -109,7 +112,8 @@ def test_init_weights_of_another_architecture_is_refused_with_the_file_named(tmp
 def test_no_argument_run_learns_on_the_sample(tmp_path):
     """The README's `make run`: the shipped defaults on the shipped sample."""
     result = train(["--output_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
-    assert result.metrics["val/dice"] > DICE_FLOOR, result.metrics
+    dice = pd.read_csv(result.log_dir / "metrics.csv")["val/dice"].dropna()
+    assert len(dice) == 20 and dice.tail(5).mean() > DICE_FLOOR, dice.tolist()
 
 
 @pytest.mark.slow
