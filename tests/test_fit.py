@@ -15,9 +15,9 @@ from lightning_bts.module import SegmentationModule
 from lightning_bts.train import train
 from tests.conftest import REPO
 
-# Measured here (KerasAdam, FastDropout): the no-argument run scores val/dice 0 for epochs 0-4, then swings
-# between 0.06 and 0.29 from epoch to epoch on the 15-patient sample (last epoch 0.21, mean of the last five
-# 0.25). The test averages the last five epochs so one bad epoch cannot fail it; a run that learned nothing
+# Measured here in two runs (KerasAdam, FastDropout): the no-argument run scores val/dice ~0 for 3-5 epochs,
+# then swings between 0.06 and 0.35 from epoch to epoch on the 15-patient sample (last epoch 0.21 and 0.31,
+# mean of the last five 0.25 and 0.28). The test averages the last five epochs so one bad epoch cannot fail it; a run that learned nothing
 # stays at 0.
 DICE_FLOOR = 0.15
 
