@@ -82,7 +82,7 @@ class BTSCLI(LightningCLI):
         # steps than that to leave the all-background solution on ~100 slices (configs/quick_cpu.yaml).
         parser.set_defaults(
             {
-                "trainer.max_epochs": 20,
+                "trainer.max_epochs": 40,
                 "trainer.log_every_n_steps": 5,
                 "model.loss": "dice_focal",
                 "data.batch_size": 8,

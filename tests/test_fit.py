@@ -15,9 +15,9 @@ from lightning_bts.module import SegmentationModule
 from lightning_bts.train import train
 from tests.conftest import REPO
 
-# Measured here in two runs (KerasAdam, FastDropout): the no-argument run scores val/dice ~0 for 3-5 epochs,
-# then swings between 0.06 and 0.35 from epoch to epoch on the 15-patient sample (last epoch 0.21 and 0.31,
-# mean of the last five 0.25 and 0.28). The test averages the last five epochs so one bad epoch cannot fail it; a run that learned nothing
+# Measured here: with 20 epochs the no-argument run ended at val/dice 0 in 2 of 6 runs (training on the CPU is
+# not bit-reproducible); with 40, two runs ended at 0.32 and 0.38, the mean of their last five epochs 0.35 and
+# 0.36. The test averages the last five epochs so one bad epoch cannot fail it; a run that learned nothing
 # stays at 0.
 DICE_FLOOR = 0.15
 
@@ -113,7 +113,7 @@ def test_no_argument_run_learns_on_the_sample(tmp_path):
     """The README's `make run`: the shipped defaults on the shipped sample."""
     result = train(["--output_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
     dice = pd.read_csv(result.log_dir / "metrics.csv")["val/dice"].dropna()
-    assert len(dice) == 20 and dice.tail(5).mean() > DICE_FLOOR, dice.tolist()
+    assert len(dice) == 40 and dice.tail(5).mean() > DICE_FLOOR, dice.tolist()
 
 
 @pytest.mark.slow
