@@ -414,9 +414,9 @@ def _rel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def keras_training_loss_eps(loss: str) -> float:
-    """Our ``loss_eps`` that trains as Keras does (also ``build_loss``'s default): BCE unclipped (Keras uses
-    the logits), focal clipped."""
-    return 0.0 if loss == "bce" else 1e-7
+    """Our ``loss_eps`` that trains as Keras does, which is ``build_loss``'s default for ``loss`` (``bce`` or
+    ``focal``): BCE unclipped (Keras uses the logits), focal clipped at 1e-7."""
+    return build_loss(loss).eps
 
 
 def perturb_ulp(net: UNet, seed: int = 1) -> UNet:
