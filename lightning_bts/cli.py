@@ -8,7 +8,7 @@ matching ``--trainer.*`` options; ``--ckpt_path`` resumes a run.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,10 +43,14 @@ class BTSCLI(LightningCLI):
     Args:
         args: command-line arguments (``None``: ``sys.argv``), e.g. ``["--config", "configs/paper_focal.yaml"]``.
         extra_callbacks: callbacks added to the Trainer (cross-validation and Ray Tune use this).
+        trainer_overrides: Trainer arguments that win over the config, for callers that own how the run is
+            launched (Ray Train's multi-worker trials set ``strategy`` and ``plugins``).
     """
 
-    def __init__(self, args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] = ()) -> None:
+    def __init__(self, args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] = (),
+                 trainer_overrides: Mapping[str, Any] | None = None) -> None:
         self.extra_callbacks = list(extra_callbacks)
+        self.trainer_overrides = dict(trainer_overrides or {})
         register_xla_accelerator()  # --accelerator xla: torch_xla on any PJRT device (lightning_bts.xla)
         super().__init__(
             SegmentationModule,
@@ -108,6 +112,7 @@ class BTSCLI(LightningCLI):
             ]
         xla_kwargs, xla_callbacks = xla_trainer_overrides(config.trainer.get("accelerator"))  # {}, [] off XLA
         kwargs.update(xla_kwargs)
+        kwargs.update(self.trainer_overrides)
         self.extra_callbacks += xla_callbacks
         return super().instantiate_trainer(**kwargs)
 

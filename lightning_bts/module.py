@@ -123,13 +123,15 @@ class SegmentationModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss_fn(self(batch["image"]), batch["mask"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]),
+                 sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["mask"])
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]),
+                 sync_dist=True)
         self.val_overlap.update(logits.float(), batch["mask"])
         if self.val_hausdorff is not None:
             self.val_hausdorff.update(logits.float(), batch["mask"])
@@ -144,8 +146,10 @@ class SegmentationModule(pl.LightningModule):
         # compares CPU values instead of compiling a comparison graph on the device in epoch 2.
         scores = dict(zip(scores, torch.stack([value.float() for value in scores.values()]).cpu()))
         dice = scores.pop("dice")
-        self.log("val/dice", dice, prog_bar=True)
-        self.log_dict({f"val/{name}": value for name, value in scores.items()})
+        # Already global (torchmetrics syncs on compute); sync_dist averages equal values, which costs nothing
+        # and tells Lightning these are not per-process numbers.
+        self.log("val/dice", dice, prog_bar=True, sync_dist=True)
+        self.log_dict({f"val/{name}": value for name, value in scores.items()}, sync_dist=True)
 
     def configure_optimizers(self):
         hp = self.hparams

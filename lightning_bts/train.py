@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
@@ -21,12 +22,14 @@ class TrainResult:
     best_checkpoint: Path | None
 
 
-def train(args: Sequence[str] | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
+def train(args: Sequence[str] | None = None, callbacks: Sequence[Callback] = (),
+          trainer_overrides: Mapping[str, Any] | None = None) -> TrainResult:
     """Parse ``args`` like ``scripts/fit.py`` does, train, and return the final validation metrics.
 
     The dataset is read and validated before the Trainer writes anything, so bad input leaves no run folder.
+    ``trainer_overrides`` are Trainer arguments that win over the config (see :class:`BTSCLI`).
     """
-    cli = BTSCLI(args=args, extra_callbacks=callbacks)
+    cli = BTSCLI(args=args, extra_callbacks=callbacks, trainer_overrides=trainer_overrides)
     cli.datamodule.load()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     checkpoints = [cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint)]
