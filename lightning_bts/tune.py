@@ -4,6 +4,8 @@ A trial is exactly a ``scripts/fit.py`` run: it calls :func:`lightning_bts.train
 ``--config`` files, the forwarded fit.py options and the sampled overrides (``--model.lr 0.0004`` ...), plus a
 callback that reports ``val/dice`` to Tune after every validation epoch. With ``cv=True`` a trial trains the
 folds one after another and reports the running mean after each fold (ASHA then stops bad trials after a fold).
+With ``workers_per_trial > 1`` a trial is instead a Ray Train run of that many DDP workers
+(:mod:`lightning_bts.tune_ddp`).
 
 Tune names the metric ``val_dice``: a ``/`` in a result key would be read as nesting by Tune's result tables.
 
@@ -98,7 +100,8 @@ class SweepSettings:
     cv: bool = False
     search: str = "random"  # random | optuna
     scheduler: str = "asha"  # asha | fifo
-    resources: Resources = field(default_factory=Resources)
+    resources: Resources = field(default_factory=Resources)  # per worker with workers_per_trial > 1
+    workers_per_trial: int = 1  # > 1: data-parallel trials through Ray Train (RayDDPStrategy), see run_ddp_trial
     accelerator: str | None = None
     max_concurrent: int | None = None
     max_failures: int = 2
@@ -318,6 +321,16 @@ def accelerator_for(resources: Resources, accelerator: str | None) -> str | None
     return name
 
 
+def check_workers(workers: Any, accelerator: str | None) -> None:
+    """Multi-worker trials run Lightning's DDP through Ray Train: CPU or GPU workers, not XLA devices."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise TuneSetupError(f"--workers-per-trial must be an integer >= 1, got {workers!r}")
+    if workers > 1 and accelerator in ("tpu", "xla"):
+        raise TuneSetupError(f"--workers-per-trial {workers} runs DDP workers through Ray Train (CPU or GPU); "
+                             f"for --accelerator {accelerator} use one worker per trial, which trains on all "
+                             "of its devices with Lightning's XLA strategy")
+
+
 def _check_accelerator_known(name: str | None) -> None:
     if name in (None, "auto", "gpu"):
         return
@@ -349,21 +362,29 @@ def trial_env(resources: Resources, accelerator: str | None, extra: Mapping[str,
     return env
 
 
-def check_resources(resources: Resources) -> None:
-    """Fail now if no live node can hold one trial's bundle (a trial that can never be placed waits forever)."""
+def check_resources(resources: Resources, workers: int = 1) -> None:
+    """Fail now if the cluster cannot hold one trial (a trial that can never be placed waits forever): some live
+    node must hold one worker's bundle, and the cluster all ``workers`` of a trial."""
     import ray
 
+    check_workers(workers, None)
     bundle = resources.bundle()
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    if any(all(node.get(name, 0) >= amount for name, amount in bundle.items()) for node in nodes):
-        return
-    largest = {name: max((node.get(name, 0) for node in nodes), default=0) for name in ("CPU", "GPU", "TPU")}
-    short = [f"{amount:g} {name}" for name, amount in bundle.items() if amount > largest[name]]
-    have = ", ".join(f"{amount:g} {name}" for name, amount in largest.items())
-    detail = f" (no single node has {', '.join(short)})" if short else ""
-    raise TuneSetupError(f"one trial asks for {_describe(bundle)} but the largest node of this Ray cluster has "
-                         f"{have}{detail}; lower --cpus-per-trial/--gpus-per-trial/--tpus-per-trial "
-                         "or add nodes")
+    one = "one trial" if workers == 1 else "one worker of a trial"
+    if not any(all(node.get(name, 0) >= amount for name, amount in bundle.items()) for node in nodes):
+        largest = {name: max((node.get(name, 0) for node in nodes), default=0) for name in ("CPU", "GPU", "TPU")}
+        short = [f"{amount:g} {name}" for name, amount in bundle.items() if amount > largest[name]]
+        have = ", ".join(f"{amount:g} {name}" for name, amount in largest.items())
+        detail = f" (no single node has {', '.join(short)})" if short else ""
+        raise TuneSetupError(f"{one} asks for {_describe(bundle)} but the largest node of this Ray cluster has "
+                             f"{have}{detail}; lower --cpus-per-trial/--gpus-per-trial/--tpus-per-trial "
+                             "or add nodes")
+    # Whole workers per node, summed: a node with 3 CPUs holds one 2-CPU worker, not 1.5.
+    room = sum(min(int(node.get(name, 0) // amount) for name, amount in bundle.items()) for node in nodes)
+    if room < workers:
+        raise TuneSetupError(f"a trial of {workers} workers with {_describe(bundle)} each does not fit this Ray "
+                             f"cluster (room for {room} such workers); lower --workers-per-trial or the "
+                             "per-worker resources, or add nodes")
 
 
 def _describe(bundle: Mapping[str, float]) -> str:
@@ -423,10 +444,19 @@ def _train_one(args: list[str], checkpoint: Any) -> None:
         train(args + ["--run_name", "train", "--ckpt_path", str(Path(folder) / CHECKPOINT_FILE)], callbacks=[report])
 
 
-def _train_folds(args: list[str], folds: list[int], checkpoint: Any) -> None:
-    from ray import tune
+FoldFit = Callable[[list[str], int], tuple[float, Path | None]]  # (fold args, fold) -> (val/dice, last checkpoint)
 
+
+def _fit_fold_here(args: list[str], fold: int) -> tuple[float, Path | None]:
     from lightning_bts.train import train
+
+    result = train(args)
+    return result.metrics["val/dice"], result.last_checkpoint
+
+
+def _train_folds(args: list[str], folds: list[int], checkpoint: Any, fit_fold: FoldFit = _fit_fold_here) -> None:
+    """Train the folds not yet in ``checkpoint``, reporting the running mean of their Dice after each one."""
+    from ray import tune
 
     with tempfile.TemporaryDirectory() as state_dir:
         state = Path(state_dir)
@@ -437,10 +467,10 @@ def _train_folds(args: list[str], folds: list[int], checkpoint: Any) -> None:
         for fold in folds:
             if str(fold) in scores:
                 continue
-            result = train(args + ["--data.fold", str(fold), "--run_name", f"fold{fold}"])
-            scores[str(fold)] = result.metrics["val/dice"]
-            if result.last_checkpoint is not None:
-                shutil.copy2(result.last_checkpoint, state / f"fold{fold}.ckpt")
+            score, last_checkpoint = fit_fold(args + ["--data.fold", str(fold), "--run_name", f"fold{fold}"], fold)
+            scores[str(fold)] = score
+            if last_checkpoint is not None:
+                shutil.copy2(last_checkpoint, state / f"fold{fold}.ckpt")
             (state / "folds.json").write_text(json.dumps(scores))
             tune.report({METRIC: statistics.fmean(scores.values()), "folds_done": len(scores),
                          "fold": fold, "fold_val_dice": scores[str(fold)]},
@@ -465,11 +495,13 @@ def run_sweep(settings: SweepSettings, tune_callbacks: Sequence[Any] = ()) -> Sw
         raise TuneSetupError(f"search must be random|optuna and scheduler asha|fifo, got {settings.search!r}, "
                              f"{settings.scheduler!r}")
     accelerator = accelerator_for(settings.resources, settings.accelerator)
+    check_workers(settings.workers_per_trial, accelerator)
     base_args, parsed = base_train_args(SweepSettings(**{**settings.__dict__, "accelerator": accelerator}))
     config = parsed.config
     configured = config.get("accelerator") or config.trainer.get("accelerator")
     if isinstance(configured, str):  # e.g. trainer.accelerator: gpu in a config needs --gpus-per-trial too
         accelerator = accelerator_for(settings.resources, configured)
+        check_workers(settings.workers_per_trial, accelerator)
     root = Path(config.data.root).expanduser().resolve()
     experiment_dir = Path(settings.output_dir).expanduser().resolve() / settings.name
     folds = list(range(config.data.num_folds)) if settings.cv else None
@@ -483,9 +515,9 @@ def run_sweep(settings: SweepSettings, tune_callbacks: Sequence[Any] = ()) -> Sw
     connect(settings.address, settings.num_cpus, settings.connect_timeout_s)
     if not local and _cluster_is_this_machine():
         _check_root(root)
-    check_resources(settings.resources)
+    check_resources(settings.resources, settings.workers_per_trial)
     env = trial_env(settings.resources, accelerator, settings.trial_env)
-    trainable = _trainable(base_args, folds, env, settings.resources, experiment_dir)
+    trainable = _trainable(base_args, folds, env, settings.resources, settings.workers_per_trial, experiment_dir)
 
     from ray import tune
 
@@ -500,7 +532,7 @@ def run_sweep(settings: SweepSettings, tune_callbacks: Sequence[Any] = ()) -> Sw
         tuner = tune.Tuner(
             trainable,
             param_space=tune_space(space),
-            tune_config=_tune_config(settings, max_t),
+            tune_config=_tune_config(settings, max_t, _max_concurrent(settings)),
             run_config=tune.RunConfig(
                 name=settings.name,
                 storage_path=str(experiment_dir.parent),
@@ -511,7 +543,8 @@ def run_sweep(settings: SweepSettings, tune_callbacks: Sequence[Any] = ()) -> Sw
             ),
         )
     grid = tuner.fit()
-    return write_results(grid, experiment_dir, parsed, base_args, list(space), settings.num_samples, cv=bool(folds))
+    return write_results(grid, experiment_dir, parsed, base_args, list(space), settings.num_samples, cv=bool(folds),
+                         ddp=settings.workers_per_trial > 1)
 
 
 def _checkpoint_config(cv: bool) -> Any:
@@ -545,15 +578,37 @@ def _cluster_is_this_machine() -> bool:
 
 
 def _trainable(base_args: list[str], folds: list[int] | None, env: dict[str, str], resources: Resources,
-               experiment_dir: Path) -> Any:
+               workers: int, experiment_dir: Path) -> Any:
     from ray import tune
 
+    if workers > 1:
+        from lightning_bts.tune_ddp import DRIVER_RESOURCES, run_ddp_trial
+
+        trainable = tune.with_parameters(run_ddp_trial, base_args=base_args, folds=folds, env=env,
+                                         experiment_dir=str(experiment_dir), workers=workers, resources=resources)
+        return tune.with_resources(trainable, DRIVER_RESOURCES)
     trainable = tune.with_parameters(run_trial, base_args=base_args, folds=folds, env=env,
                                      experiment_dir=str(experiment_dir))
     return tune.with_resources(trainable, tune.PlacementGroupFactory([resources.bundle()]))
 
 
-def _tune_config(settings: SweepSettings, max_t: int) -> Any:
+def _max_concurrent(settings: SweepSettings) -> int | None:
+    """For multi-worker trials, as many trials as the cluster has room for all their workers at once.
+
+    Their Tune trials reserve nothing (Ray Train's workers do), so without a limit Tune would start every trial
+    and leave most waiting for workers.
+    """
+    if settings.max_concurrent is not None or settings.workers_per_trial == 1:
+        return settings.max_concurrent
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [int(total.get(name, 0) // (amount * settings.workers_per_trial))
+            for name, amount in settings.resources.bundle().items()]
+    return max(1, min(fits))
+
+
+def _tune_config(settings: SweepSettings, max_t: int, max_concurrent: int | None) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -565,16 +620,16 @@ def _tune_config(settings: SweepSettings, max_t: int) -> Any:
 
         search = OptunaSearch(seed=settings.seed)
     return tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=settings.num_samples, scheduler=scheduler,
-                           search_alg=search, max_concurrent_trials=settings.max_concurrent, reuse_actors=False)
+                           search_alg=search, max_concurrent_trials=max_concurrent, reuse_actors=False)
 
 
 # ------------------------------------------------------------------------------------------------- results
 
 
 def write_results(grid: Any, experiment_dir: Path, parsed: TrainArgs, base_args: list[str], keys: list[str],
-                  num_samples: int, cv: bool = False) -> SweepResult:
+                  num_samples: int, cv: bool = False, ddp: bool = False) -> SweepResult:
     """All trials as CSV and Markdown, the best trial as a fit.py config, and its best checkpoint copied
-    (with ``cv`` its last, which holds every fold).
+    (with ``cv`` its last, which holds every fold; for multi-worker trials (``ddp``) the best of its Ray Train run).
 
     ``complete`` is False when a trial did not finish or fewer than ``num_samples`` trials exist yet (an
     interrupted sweep, which ``resume`` continues).
@@ -613,7 +668,14 @@ def write_results(grid: Any, experiment_dir: Path, parsed: TrainArgs, base_args:
                   f"# Retrain: python scripts/fit.py --config {best_config}\n")
         _write_atomic(best_config, header + parsed.dump(base_args + override_args(best_overrides)))
         parsed.parse(["--config", str(best_config)])  # what fit.py --config will read
-        checkpoint = best.get_best_checkpoint(METRIC, MODE) if best.best_checkpoints and not cv else best.checkpoint
+        if cv:
+            checkpoint = best.checkpoint
+        elif ddp:
+            from lightning_bts.tune_ddp import best_checkpoint as best_ddp_checkpoint
+
+            checkpoint = best_ddp_checkpoint(Path(best.path))
+        else:
+            checkpoint = best.get_best_checkpoint(METRIC, MODE) if best.best_checkpoints else best.checkpoint
         if checkpoint is not None:
             best_checkpoint = experiment_dir / "best_checkpoint"
             staging = experiment_dir / ".best_checkpoint.tmp"

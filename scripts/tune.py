@@ -3,6 +3,8 @@
     python scripts/tune.py --config configs/quick_cpu.yaml --num-samples 8 -- --trainer.max_epochs 5
     python scripts/tune.py --config configs/paper_focal.yaml --cv --search optuna --address auto \\
         --gpus-per-trial 1 --cpus-per-trial 4
+    python scripts/tune.py --config configs/paper_focal.yaml --address auto \\
+        --workers-per-trial 4 --gpus-per-trial 1   # each trial: 4 DDP workers (Ray Train), 1 GPU each
 
 Options after ``--`` (or any option this script does not know) go to every trial as fit.py options.
 """
@@ -27,10 +29,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--search", choices=("random", "optuna"), default="random")
     parser.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
                         help="asha stops weak trials early (per epoch, or per fold with --cv)")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.5")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0,
+                        help="CPUs per trial (per worker with --workers-per-trial > 1)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0,
+                        help="GPUs per trial (per worker with --workers-per-trial > 1); fractions share a GPU")
     parser.add_argument("--tpus-per-trial", type=float, default=0.0,
                         help="TPU chips per trial (Ray's custom TPU resource); trials use --accelerator tpu/xla")
+    parser.add_argument("--workers-per-trial", type=int, default=1,
+                        help="data-parallel workers per trial, through Ray Train (DDP on CPU or GPU, across "
+                        "nodes); the per-trial resources above are then per worker (default 1: one process)")
     parser.add_argument("--accelerator", default=None,
                         help="fit.py --accelerator for every trial: cpu, gpu, tpu, xla (default: from resources)")
     parser.add_argument("--address", default=None,
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             train_args=train_args, num_samples=args.num_samples, cv=args.cv, search=args.search,
             scheduler=args.scheduler,
             resources=Resources(args.cpus_per_trial, args.gpus_per_trial, args.tpus_per_trial),
+            workers_per_trial=args.workers_per_trial,
             accelerator=args.accelerator, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
             resume=args.resume, seed=args.seed, trial_env=dict(item.split("=", 1) for item in args.env),
             address=args.address, num_cpus=args.num_cpus, connect_timeout_s=args.connect_timeout)

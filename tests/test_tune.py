@@ -28,6 +28,7 @@ from lightning_bts.tune import (  # noqa: E402
     TuneSetupError,
     accelerator_for,
     check_resources,
+    check_workers,
     load_space,
     run_sweep,
     validate_space,
@@ -138,6 +139,20 @@ def test_resources_are_checked_against_the_cluster(ray_session):
         check_resources(Resources(cpus=1, gpus=1))
     with pytest.raises(TuneSetupError, match=r"no single node has 4 TPU"):
         check_resources(Resources(cpus=1, tpus=4))
+    check_resources(Resources(cpus=1), workers=2)
+    with pytest.raises(TuneSetupError, match=r"a trial of 3 workers with 1 CPU each does not fit .* \(room for 2 "):
+        check_resources(Resources(cpus=1), workers=3)
+    with pytest.raises(TuneSetupError, match=r"--workers-per-trial must be an integer >= 1, got 0"):
+        check_resources(Resources(cpus=1), workers=0)
+
+
+@pytest.mark.parametrize(("workers", "accelerator", "message"),
+                         [(0, None, "integer >= 1"), (1.5, None, "integer >= 1"), (2, "xla", "one worker per trial"),
+                          (2, "tpu", "one worker per trial")])
+def test_bad_worker_counts_are_rejected(workers, accelerator, message):
+    with pytest.raises(TuneSetupError, match=None) as error:
+        check_workers(workers, accelerator)
+    assert message in str(error.value)
 
 
 def test_impossible_sweep_fails_before_any_trial(ray_session, tmp_path, cache_dir):
@@ -255,3 +270,35 @@ def test_sweep_trials_train_on_the_xla_accelerator(ray_session, tmp_path, cache_
     table = trials(result)
     assert result.complete and len(table) == 2
     assert "accelerator: xla" in result.best_config.read_text()
+
+
+@pytest.mark.slow
+def test_multi_worker_trials_train_data_parallel_and_resume_after_a_crash(ray_session, tmp_path, cache_dir):
+    """Each trial is a Ray Train run of 2 DDP workers (half a CPU each); one worker crashes after its first
+    epoch, and the retried trial resumes from Ray Train's checkpoint instead of starting over."""
+    marker = tmp_path / "crashed_once"
+    result = run_sweep(settings(tmp_path, cache_dir, num_samples=2, workers_per_trial=2,
+                                resources=Resources(cpus=0.5), trial_env={FAIL_ONCE_ENV: str(marker)}))
+    assert marker.exists(), "the fault injection did not run"
+    table = trials(result)
+    assert result.complete and len(table) == 2 and set(table["status"]) == {"TERMINATED"}
+    assert table["failures"].sum() == 1
+    for path in table["path"]:
+        progress = pd.read_csv(result.experiment_dir / path / "progress.csv")
+        assert set(progress["world_size"]) == {2}, "trained by 2 processes"
+        assert list(progress["epoch"]) == [0, 1], "each epoch reported once: the retry resumed, not restarted"
+    assert (result.best_checkpoint / "checkpoint.ckpt").is_file()
+
+    from lightning_bts.checkpoints import read_checkpoint
+
+    assert read_checkpoint(result.best_checkpoint / "checkpoint.ckpt")["epoch"] in (0, 1)
+
+
+@pytest.mark.slow
+def test_multi_worker_cv_trial_trains_every_fold(ray_session, tmp_path, cache_dir):
+    result = run_sweep(settings(tmp_path, cache_dir, num_samples=1, workers_per_trial=2, cv=True,
+                                resources=Resources(cpus=0.5), scheduler="fifo",
+                                train_args=tiny_args(cache_dir, epochs=1) + ["--data.num_folds", "2"]))
+    table = trials(result)
+    assert result.complete and table["iterations"].iloc[0] == 2, "one report per fold"
+    assert sorted(p.name for p in result.best_checkpoint.iterdir()) == ["fold0.ckpt", "fold1.ckpt", "folds.json"]
