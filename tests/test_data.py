@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from lightning_bts.data import BrainTumorDataModule, DatasetError
-from lightning_bts.data.transforms import train_augmentation
+from lightning_bts.data.dataset import SliceDataset
+from lightning_bts.data.transforms import seed_augmentation_worker, train_augmentation
 from lightning_bts.train import train
 from tests.conftest import SAMPLE_ROOT, write_dataset
 
@@ -60,6 +62,27 @@ def test_augmentation_moves_mask_with_image():
         bright = out["image"].reshape(64, 64) > 110
         agreement = (bright == out["mask"].astype(bool)).mean()
         assert agreement > 0.97, f"mask and image disagree on {1 - agreement:.1%} of pixels"
+
+
+def test_augmentation_repeats_with_the_seed_and_differs_between_loader_workers():
+    def first_batches(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)  # what seed_everything does for the augmentation's seed
+        dm = BrainTumorDataModule(SAMPLE_ROOT, image_size=32, num_workers=2, batch_size=4, augment=2.0)
+        dm.setup("fit")
+        batches = iter(dm.train_dataloader())
+        return [next(batches)["image"] for _ in range(4)]
+
+    first, again, other = first_batches(1), first_batches(1), first_batches(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+    # one slice repeated: batch 0 comes from worker 0, batch 1 from worker 1; the same draws would give equal batches
+    dm = BrainTumorDataModule(SAMPLE_ROOT, image_size=32, num_workers=0, fold=None)
+    dm.load()
+    dataset = SliceDataset(dm.data, [0] * 8, train_augmentation(2.0, seed=0))
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, worker_init_fn=seed_augmentation_worker)
+    from_worker0, from_worker1 = (batch["image"] for batch in loader)
+    assert not torch.equal(from_worker0, from_worker1)
 
 
 def test_no_augmentation_at_strength_zero_and_negative_rejected():

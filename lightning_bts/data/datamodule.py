@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from lightning_bts.data.dataset import SliceDataset
@@ -14,7 +15,7 @@ from lightning_bts.data.preprocess import PreprocessedSlices, preprocess_dataset
 from lightning_bts.data.records import DatasetError, load_records
 from lightning_bts.data.skull_strip import SKULL_STRIP_METHODS
 from lightning_bts.data.splits import FoldSplit, make_split
-from lightning_bts.data.transforms import train_augmentation
+from lightning_bts.data.transforms import seed_augmentation_worker, train_augmentation
 
 DEFAULT_ROOT = "data/sample"
 
@@ -97,7 +98,9 @@ class BrainTumorDataModule(pl.LightningDataModule):
 
     def _loader(self, part: str, train: bool = False) -> DataLoader:
         hp = self.hparams
-        augmentation = train_augmentation(hp.augment) if train else None
+        augmentation = None
+        if train:  # seeded from torch's generator, which seed_everything set (see data/transforms.py)
+            augmentation = train_augmentation(hp.augment, seed=int(torch.randint(2**31, ()).item()))
         dataset = SliceDataset(self.data, self.indices(part), augmentation)
         return DataLoader(
             dataset,
@@ -106,6 +109,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
             drop_last=train and len(dataset) > hp.batch_size,  # fixed shapes (XLA) and no size-1 batches
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
+            worker_init_fn=seed_augmentation_worker if augmentation is not None else None,
         )
 
     def train_dataloader(self) -> DataLoader:
