@@ -365,11 +365,9 @@ def trial_env(resources: Resources, accelerator: str | None, extra: Mapping[str,
 def check_resources(resources: Resources, workers: int = 1) -> None:
     """Fail now if the cluster cannot hold one trial (a trial that can never be placed waits forever): some live
     node must hold one worker's bundle, and the cluster all ``workers`` of a trial."""
-    import ray
-
     check_workers(workers, None)
     bundle = resources.bundle()
-    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    nodes = _live_node_resources()
     one = "one trial" if workers == 1 else "one worker of a trial"
     if not any(all(node.get(name, 0) >= amount for name, amount in bundle.items()) for node in nodes):
         largest = {name: max((node.get(name, 0) for node in nodes), default=0) for name in ("CPU", "GPU", "TPU")}
@@ -379,12 +377,23 @@ def check_resources(resources: Resources, workers: int = 1) -> None:
         raise TuneSetupError(f"{one} asks for {_describe(bundle)} but the largest node of this Ray cluster has "
                              f"{have}{detail}; lower --cpus-per-trial/--gpus-per-trial/--tpus-per-trial "
                              "or add nodes")
-    # Whole workers per node, summed: a node with 3 CPUs holds one 2-CPU worker, not 1.5.
-    room = sum(min(int(node.get(name, 0) // amount) for name, amount in bundle.items()) for node in nodes)
+    room = _worker_room(bundle, nodes)
     if room < workers:
         raise TuneSetupError(f"a trial of {workers} workers with {_describe(bundle)} each does not fit this Ray "
                              f"cluster (room for {room} such workers); lower --workers-per-trial or the "
                              "per-worker resources, or add nodes")
+
+
+def _live_node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+
+
+def _worker_room(bundle: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> int:
+    """How many workers of ``bundle`` the ``nodes`` hold: whole workers per node, summed (a node with 3 CPUs
+    holds one 2-CPU worker, not 1.5)."""
+    return sum(min(int(node.get(name, 0) // amount) for name, amount in bundle.items()) for node in nodes)
 
 
 def _describe(bundle: Mapping[str, float]) -> str:
@@ -600,12 +609,8 @@ def _max_concurrent(settings: SweepSettings) -> int | None:
     """
     if settings.max_concurrent is not None or settings.workers_per_trial == 1:
         return settings.max_concurrent
-    import ray
-
-    total = ray.cluster_resources()
-    fits = [int(total.get(name, 0) // (amount * settings.workers_per_trial))
-            for name, amount in settings.resources.bundle().items()]
-    return max(1, min(fits))
+    room = _worker_room(settings.resources.bundle(), _live_node_resources())
+    return max(1, room // settings.workers_per_trial)
 
 
 def _tune_config(settings: SweepSettings, max_t: int, max_concurrent: int | None) -> Any:
