@@ -1,18 +1,28 @@
-"""Segmentation losses, all taking logits, chosen by name with :func:`build_loss`.
+"""Segmentation losses, all taking logits, chosen by name with :func:`build_loss`. One loss per file.
 
-==============  ==========================================================================
-name            loss
-==============  ==========================================================================
-``bce``         Keras ``binary_crossentropy`` as Keras trains it: after a sigmoid layer Keras computes it
-                from the logits, unclipped (``eps=1e-7`` gives the clipped form on probabilities)
-``focal``       ``focal_loss.BinaryFocalLoss(gamma=2)``; alpha-balanced when ``alpha`` is set
-``dice``        soft Dice (segmentation-models-pytorch ``DiceLoss``, binary mode)
-``dice_focal``  ``dice + focal``
-``dice_bce``    ``dice + bce``
-==============  ==========================================================================
+==================  ======================================================================================
+name                loss
+==================  ======================================================================================
+``bce``             Keras ``binary_crossentropy`` as Keras trains it: after a sigmoid layer Keras computes it
+                    from the logits, unclipped (``eps=1e-7`` gives the clipped form on probabilities)
+``focal``           ``focal_loss.BinaryFocalLoss(gamma=2)``; alpha-balanced when ``alpha`` is set
+``dice``            soft Dice, segmentation-models-pytorch ``DiceLoss`` in binary mode. It *pools over the
+                    batch* (sums over all pixels of all images); a batch without tumour contributes 0
+``dice_focal``      ``dice + focal``
+``dice_bce``        ``dice + bce``
+``dice_batch``      soft Dice pooled over the batch, the pooled metric's own formula (nnU-Net's batch Dice,
+                    smoothing 1e-5; see :mod:`lightning_bts.losses.dice`)
+``dice_image``      soft Dice per image, averaged over the batch (the per-image metric's form)
+``dice_bce_batch``  ``dice_batch + bce`` (nnU-Net's loss, for one foreground class)
+``dice_bce_image``  ``dice_image + bce``
+==================  ======================================================================================
+
+So ``dice``/``dice_bce`` (the no-argument run's loss) are already batch Dice; ``dice_bce_batch`` differs only by
+its smoothing and by still scoring a batch without tumour, ``dice_bce_image`` is the per-image form.
 
 Each loss defaults to the clipping Keras applies *in training* (measured in ``reports/keras_parity.md``):
 BCE none, focal ``max(p, 1e-7)`` as the focal-loss package does. ``build_loss(eps=...)`` overrides both.
+Deep supervision wraps any of them (:class:`DeepSupervisionLoss`).
 """
 
 from __future__ import annotations
@@ -21,43 +31,14 @@ import torch
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
-from lightning_bts.losses._functional import KERAS_EPSILON, binary_cross_entropy, binary_focal_loss
+from lightning_bts.errors import ConfigError
+from lightning_bts.losses.bce import KERAS_EPSILON, BCELoss, binary_cross_entropy
+from lightning_bts.losses.deep_supervision import DeepSupervisionLoss, deep_supervision_loss, deep_supervision_weights
+from lightning_bts.losses.dice import SoftDiceLoss, soft_dice_loss
+from lightning_bts.losses.focal import FocalLoss, binary_focal_loss
 
-LOSS_NAMES = ("bce", "focal", "dice", "dice_focal", "dice_bce")
-
-
-class BCELoss(nn.Module):
-    """Mean Keras binary cross-entropy over all pixels.
-
-    Shape:
-        logits, target: ``(N, 1, H, W)``; returns a scalar.
-    """
-
-    def __init__(self, eps: float = 0.0) -> None:
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return binary_cross_entropy(logits, target, self.eps).mean()
-
-
-class FocalLoss(nn.Module):
-    """Mean binary focal loss over all pixels (Keras ``BinaryFocalLoss`` reduction).
-
-    Shape:
-        logits, target: ``(N, 1, H, W)``; returns a scalar.
-    """
-
-    def __init__(self, gamma: float = 2.0, alpha: float | None = None, eps: float = KERAS_EPSILON) -> None:
-        super().__init__()
-        if gamma < 0:
-            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
-        if alpha is not None and not 0 <= alpha <= 1:
-            raise ValueError(f"focal alpha must be in [0, 1] or None, got {alpha}")
-        self.gamma, self.alpha, self.eps = gamma, alpha, eps
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return binary_focal_loss(logits, target, self.gamma, self.alpha, self.eps).mean()
+LOSS_NAMES = ("bce", "focal", "dice", "dice_focal", "dice_bce", "dice_batch", "dice_image", "dice_bce_batch",
+              "dice_bce_image")
 
 
 class SumLoss(nn.Module):
@@ -71,7 +52,7 @@ class SumLoss(nn.Module):
         return sum(loss(logits, target) for loss in self.losses)
 
 
-def _dice() -> nn.Module:
+def _smp_dice() -> nn.Module:
     return DiceLoss(mode="binary", from_logits=True)
 
 
@@ -80,20 +61,26 @@ def build_loss(name: str, gamma: float = 2.0, alpha: float | None = None, eps: f
     ``eps`` (probability clipping, 0 = none) overrides each term's Keras training default when given.
 
     Raises:
-        ValueError: unknown name; the message lists the valid ones.
+        ConfigError: unknown name; the message lists the valid ones.
     """
     bce_eps = 0.0 if eps is None else eps
     focal_eps = KERAS_EPSILON if eps is None else eps
     builders = {
         "bce": lambda: BCELoss(bce_eps),
         "focal": lambda: FocalLoss(gamma, alpha, focal_eps),
-        "dice": _dice,
-        "dice_focal": lambda: SumLoss(_dice(), FocalLoss(gamma, alpha, focal_eps)),
-        "dice_bce": lambda: SumLoss(_dice(), BCELoss(bce_eps)),
+        "dice": _smp_dice,
+        "dice_focal": lambda: SumLoss(_smp_dice(), FocalLoss(gamma, alpha, focal_eps)),
+        "dice_bce": lambda: SumLoss(_smp_dice(), BCELoss(bce_eps)),
+        "dice_batch": lambda: SoftDiceLoss(pooled=True),
+        "dice_image": lambda: SoftDiceLoss(pooled=False),
+        "dice_bce_batch": lambda: SumLoss(SoftDiceLoss(pooled=True), BCELoss(bce_eps)),
+        "dice_bce_image": lambda: SumLoss(SoftDiceLoss(pooled=False), BCELoss(bce_eps)),
     }
     if name not in builders:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+        raise ConfigError(f"model.loss: unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
     return builders[name]()
 
 
-__all__ = ["LOSS_NAMES", "BCELoss", "FocalLoss", "SumLoss", "build_loss", "binary_cross_entropy", "binary_focal_loss"]
+__all__ = ["LOSS_NAMES", "BCELoss", "DeepSupervisionLoss", "FocalLoss", "SoftDiceLoss", "SumLoss", "build_loss",
+           "binary_cross_entropy", "binary_focal_loss", "deep_supervision_loss", "deep_supervision_weights",
+           "soft_dice_loss"]
