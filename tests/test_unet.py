@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
+from lightning_bts.errors import ConfigError
 from lightning_bts.models import UNet
-from lightning_bts.models.unet import KERAS_DROPOUT_DOWN, KERAS_DROPOUT_UP, paper_dropout_rates
+from lightning_bts.models.unet import KERAS_DROPOUT_DOWN, KERAS_DROPOUT_UP, NORMS, group_count, paper_dropout_rates
 
 
 def count(model: torch.nn.Module) -> int:
@@ -89,3 +90,58 @@ def test_input_scale_is_the_keras_lambda():
 def test_wrong_number_of_dropout_rates_is_rejected():
     with pytest.raises(ValueError, match="needs 5 dropout_down"):
         UNet(dropout_down=[0.1, 0.1])
+
+
+NORM_TYPES = {"batch": torch.nn.BatchNorm2d, "instance": torch.nn.InstanceNorm2d, "group": torch.nn.GroupNorm}
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "instance", "group"])
+def test_norm_variants_train_a_step_and_off_is_the_keras_network(norm):
+    torch.manual_seed(0)
+    model = UNet(base_filters=8, depth=2, norm=norm)
+    norms = [m for m in model.modules() if isinstance(m, tuple(NORM_TYPES.values()))]
+    if norm == "none":
+        assert not norms and count(UNet(norm="none")) == 1_941_105
+    else:
+        # one after each 3x3 conv: 2 per block, depth encoder blocks + bottleneck + depth decoder blocks
+        assert len(norms) == 2 * (2 * 2 + 1) and all(type(m) is NORM_TYPES[norm] for m in norms)
+        assert isinstance(model.encoder[0][1], NORM_TYPES[norm])  # after the conv, before the ReLU
+    out = model(torch.rand(2, 3, 32, 32) * 255)
+    out.mean().backward()
+    assert out.shape == (2, 1, 32, 32) and model.encoder[0][0].weight.grad.abs().sum() > 0
+    model.eval()
+    assert model(torch.rand(1, 3, 32, 32) * 255).shape == (1, 1, 32, 32)  # eval with batch 1 works too
+
+
+def test_old_batch_norm_flag_means_norm_batch():
+    torch.manual_seed(0)
+    old = UNet(base_filters=4, depth=2, batch_norm=True)
+    new = UNet(base_filters=4, depth=2, norm="batch")
+    assert old.norm == new.norm == "batch" and old.state_dict().keys() == new.state_dict().keys()
+    with pytest.raises(ConfigError, match="model.norm"):
+        UNet(batch_norm=True, norm="group")
+    with pytest.raises(ConfigError, match="instance"):
+        UNet(norm="layer")
+    assert set(NORMS) == {"none", "batch", "instance", "group"}
+
+
+@pytest.mark.parametrize("channels,groups", [(16, 2), (32, 4), (256, 32), (512, 32), (24, 3), (12, 1), (4, 1)])
+def test_group_norm_groups_of_eight_channels_at_most_thirty_two(channels, groups):
+    assert group_count(channels) == groups and channels % groups == 0
+
+
+def test_deep_supervision_returns_halving_side_outputs_in_training_only():
+    torch.manual_seed(0)
+    model = UNet(base_filters=4, depth=3, deep_supervision=True)
+    outputs = model(torch.rand(2, 3, 32, 32) * 255)
+    assert [tuple(o.shape) for o in outputs] == [(2, 1, 32, 32), (2, 1, 16, 16), (2, 1, 8, 8)]
+    sum(o.mean() for o in outputs).backward()
+    assert all(head.weight.grad is not None for head in model.side_heads)
+    model.eval()
+    main = model(torch.rand(2, 3, 32, 32) * 255)
+    assert isinstance(main, torch.Tensor) and main.shape == (2, 1, 32, 32)
+    # the side heads add parameters only: without them the network is the same
+    plain = UNet(base_filters=4, depth=3)
+    assert count(model) - count(plain) == sum(4 * 2**level + 1 for level in (1, 2))
+    with pytest.raises(ConfigError, match="depth"):
+        UNet(depth=1, deep_supervision=True)
