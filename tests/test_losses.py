@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lightning_bts.losses import LOSS_NAMES, build_loss
+from lightning_bts.losses import LOSS_NAMES, DeepSupervisionLoss, build_loss, deep_supervision_weights
 
 
 def sigmoid(x: float) -> float:
@@ -90,3 +90,64 @@ def test_unknown_loss_lists_valid_names():
 def test_bad_focal_parameters_are_rejected(kwargs):
     with pytest.raises(ValueError):
         build_loss("focal", **kwargs)
+
+
+def test_smp_dice_already_pools_over_the_batch():
+    """What the README claims about `dice`: smp's binary DiceLoss is one Dice over all pixels of the batch."""
+    target = torch.zeros(2, 1, 6, 6)
+    target[0, :, :4, :4] = 1  # a large tumour, found
+    target[1, :, 0, 0] = 1  # a one-pixel tumour, missed
+    logits = (target * 2 - 1) * 3
+    logits[1, :, 0, 0] = -3
+    p = torch.sigmoid(logits)
+    pooled = 1 - 2 * (p * target).sum() / (p.sum() + target.sum())
+    per_image = (1 - 2 * (p * target).sum((1, 2, 3)) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)))).mean()
+    value = build_loss("dice")(logits, target)
+    assert value.item() == pytest.approx(pooled.item(), rel=1e-5)
+    assert abs(value.item() - per_image.item()) > 1e-3
+
+
+def test_batch_dice_is_the_pooled_formula_by_hand():
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]], [[[-2.0, 1.0], [0.0, 4.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]], [[[0.0, 0.0], [0.0, 1.0]]]])
+    p = [sigmoid(x) for x in logits.flatten().tolist()]
+    t = target.flatten().tolist()
+    intersection, total = sum(a * b for a, b in zip(p, t)), sum(p) + sum(t)
+    expected = 1 - (2 * intersection + 1e-5) / (total + 1e-5)
+    assert build_loss("dice_batch")(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    bce = build_loss("bce")(logits, target).item()
+    assert build_loss("dice_bce_batch")(logits, target).item() == pytest.approx(expected + bce, rel=1e-6)
+
+
+def test_per_image_dice_is_the_mean_of_each_images_dice():
+    torch.manual_seed(3)
+    logits, target = torch.randn(4, 1, 5, 5), (torch.rand(4, 1, 5, 5) > 0.5).float()
+    each = [build_loss("dice_batch")(logits[i : i + 1], target[i : i + 1]) for i in range(4)]
+    expected = torch.stack(each).mean()
+    torch.testing.assert_close(build_loss("dice_image")(logits, target), expected)
+    bce = build_loss("bce")(logits, target)
+    torch.testing.assert_close(build_loss("dice_bce_image")(logits, target), expected + bce)
+    assert abs(expected - build_loss("dice_batch")(logits, target)) > 1e-3  # the two forms differ
+
+
+def test_batch_dice_scores_a_batch_without_tumour_unlike_smp_dice():
+    logits, target = torch.full((2, 1, 4, 4), 1.0), torch.zeros(2, 1, 4, 4)
+    assert build_loss("dice")(logits, target).item() == 0.0  # smp: no signal on a tumour-free batch
+    assert build_loss("dice_batch")(logits, target).item() == pytest.approx(1.0, abs=1e-5)
+    perfect = torch.full((2, 1, 4, 4), -30.0)
+    assert build_loss("dice_batch")(perfect, target).item() < 0.01
+
+
+def test_deep_supervision_weights_halve_and_sum_to_one():
+    torch.testing.assert_close(deep_supervision_weights(3), torch.tensor([4 / 7, 2 / 7, 1 / 7]))
+
+
+def test_deep_supervision_loss_scores_each_output_on_a_nearest_downsampled_mask():
+    torch.manual_seed(4)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    outputs = [torch.randn(2, 1, 8, 8), torch.randn(2, 1, 4, 4), torch.randn(2, 1, 2, 2)]
+    bce = build_loss("bce")
+    expected = (4 * bce(outputs[0], target) + 2 * bce(outputs[1], target[..., ::2, ::2])
+                + bce(outputs[2], target[..., ::4, ::4])) / 7
+    torch.testing.assert_close(DeepSupervisionLoss(bce)(outputs, target), expected)
+    torch.testing.assert_close(DeepSupervisionLoss(bce)(outputs[0], target), bce(outputs[0], target))  # eval: plain
