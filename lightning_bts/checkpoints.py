@@ -10,6 +10,7 @@ from another model or architecture fails here with its name in the message inste
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -19,12 +20,14 @@ from typing import Any
 import torch
 
 from lightning_bts.data import BrainTumorDataModule
+from lightning_bts.errors import UserError
 from lightning_bts.module import SegmentationModule
 
 PREPROCESSING_KEYS = ("image_size", "in_channels", "skull_strip")
+WEIGHT_KEYS = ("state_dict", "optimizer_states")  # large entries that CheckpointInfo.extra leaves out
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint cannot be used as a :class:`SegmentationModule`; the message names the file."""
 
 
@@ -41,6 +44,21 @@ class Preprocessing:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says besides its weights.
+
+    ``data`` are the :class:`BrainTumorDataModule` arguments it was trained with (root, fold, split seed, ...;
+    empty when not recorded); ``extra`` every other top-level entry except the weights and optimiser states
+    (epoch, hyper-parameters, and whatever evaluation stored there).
+    """
+
+    path: Path
+    preprocessing: Preprocessing
+    data: dict[str, Any]
+    extra: dict[str, Any]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -146,30 +164,40 @@ def preprocessing_from_checkpoint(path: str | Path) -> Preprocessing:
     return preprocessing_from_dict(read_checkpoint(path), path)
 
 
-def load_ensemble(
+def load_members(
     paths: Sequence[str | Path], map_location: str | torch.device = "cpu"
-) -> tuple[list[SegmentationModule], Preprocessing]:
-    """Models of ``paths`` (e.g. the folds of a cross-validation) and their shared preprocessing.
+) -> tuple[list[SegmentationModule], list[CheckpointInfo]]:
+    """Models of ``paths`` (e.g. the folds of a cross-validation) in eval mode, and what each file records.
+
+    Each file is read once. Every member must share the first one's preprocessing (they take one input batch).
 
     Raises:
-        CheckpointError: any file fails :func:`load_model`, or was trained with other preprocessing than the
-            first (they could not share one input batch).
+        CheckpointError: no path, any file fails :func:`load_model`, or was trained with other preprocessing
+            than the first.
     """
     if not paths:
         raise CheckpointError("no checkpoint given")
-    models, first = [], None
+    models, infos = [], []
     for path in paths:
         checkpoint = read_checkpoint(path)
         preprocessing = preprocessing_from_dict(checkpoint, path)
-        if first is None:
-            first = preprocessing
-        elif preprocessing != first:
+        if infos and preprocessing != infos[0].preprocessing:
             raise CheckpointError(
                 f"checkpoint {path} was trained on other preprocessing ({preprocessing.as_dict()}) than "
-                f"{paths[0]} ({first.as_dict()}); ensemble members must share it"
+                f"{paths[0]} ({infos[0].preprocessing.as_dict()}); ensemble members must share it"
             )
         models.append(model_from_checkpoint(checkpoint, path).to(map_location))
-    return models, first
+        extra = {key: value for key, value in checkpoint.items() if key not in WEIGHT_KEYS}
+        infos.append(CheckpointInfo(Path(path), preprocessing, data_settings(checkpoint), extra))
+    return models, infos
+
+
+def load_ensemble(
+    paths: Sequence[str | Path], map_location: str | torch.device = "cpu"
+) -> tuple[list[SegmentationModule], Preprocessing]:
+    """Models of ``paths`` and their shared preprocessing; see :func:`load_members`."""
+    models, infos = load_members(paths, map_location)
+    return models, infos[0].preprocessing
 
 
 def data_settings(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,3 +221,26 @@ def _module_hparams(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str
             f"checkpoint {path} is not a SegmentationModule checkpoint: unknown hyper-parameters {unknown[:5]}"
         )
     return hparams
+
+
+def write_checkpoint_entry(path: str | Path, key: str, value: Any) -> None:
+    """Adds or replaces the top-level entry ``key`` of the checkpoint ``path``; weights and the rest unchanged.
+
+    The file is rewritten through a temporary file in the same folder and a rename, so a reader sees the old
+    file or the new one, never half of one. ``value`` must be plain data (dicts, lists, numbers, strings) so
+    that ``torch.load(weights_only=True)`` still reads the file.
+
+    Raises:
+        CheckpointError: ``path`` is not a readable checkpoint, or its folder is not writable.
+    """
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    checkpoint[key] = value
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(checkpoint, temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise CheckpointError(f"cannot rewrite checkpoint {path}: {error}") from error
+    finally:
+        temporary.unlink(missing_ok=True)

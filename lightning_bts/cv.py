@@ -8,15 +8,17 @@ re-seeds and the model is built afresh: every fold and every loss starts from th
 
 After each run the weights of its LAST epoch (what the paper reports, not the best epoch: picking the
 best on the validation fold would bias it upward; saved as ``final.ckpt``, see :class:`FinalCheckpoint`) are
-evaluated on the fold's validation slices with
-:func:`lightning_bts.evaluation.evaluate_checkpoints`. Results go to ``OUT``:
+evaluated on the fold's validation slices with :func:`lightning_bts.evaluation.evaluate_checkpoints`, the
+predictor evaluate.py and predict.py use: at each slice's original size (the fold's top-level metrics) and at
+the model's grid (``model_grid``), with the threshold given here and whatever else the checkpoint stores
+(nothing, for a fresh run). Results go to ``OUT``:
 
     protocol.json                 command, git commit, training args, losses, folds
     folds/<loss>_fold<k>.json     pooled and per-image metrics, split, resolved config (written last: a run
                                   whose file exists is finished, and is skipped when the command is re-run)
-    per_image/<loss>_fold<k>.csv  one row per validation slice
+    per_image/<loss>_fold<k>.csv  one row per validation slice (native columns, then model_grid_*)
     curves/<loss>_fold<k>.csv     per-epoch learning curves (from the run's metrics.csv)
-    predictions/<loss>_fold<k>.npz  predicted validation masks (bit-packed), for the report's gallery
+    predictions/<loss>_fold<k>.npz  predicted validation masks at the model's grid (bit-packed), for the gallery
     folds.csv, per_image.csv, curves.csv   the above, concatenated
     runs/, cache/                 checkpoints, logs and the preprocessing cache (git-ignored: large)
 
@@ -46,6 +48,7 @@ from lightning_bts.evaluation import (
     to_json,
     write_files_atomically,
 )
+from lightning_bts.evaluation.scoring import GRID_PREFIX
 from lightning_bts.train import train
 
 DEFAULT_LOSSES = ("focal", "bce")
@@ -218,8 +221,11 @@ def collect(out_dir: str | Path) -> dict[str, pd.DataFrame]:
         metrics = record["metrics"]
         row = {"loss": record["loss"], "fold": record["fold"], "n_val": metrics["n_images"],
                "n_train": record["n_train"], "train_seconds": record["train_seconds"]}
-        row.update({k: v for k, v in metrics.items() if isinstance(v, int | float) and k not in ("threshold",)})
+        row.update(_numbers(metrics))
         row.update({f"{k}_per_image": v for k, v in metrics["per_image"].items()})
+        if "model_grid" in metrics:  # folds evaluated before native-resolution scores have none
+            row.update({f"{GRID_PREFIX}{k}": v for k, v in _numbers(metrics["model_grid"]).items()})
+            row.update({f"{GRID_PREFIX}{k}_per_image": v for k, v in metrics["model_grid"]["per_image"].items()})
         rows.append(row)
     names = [run_name(r["loss"], r["fold"]) for r in records]
     tables = {
@@ -230,6 +236,12 @@ def collect(out_dir: str | Path) -> dict[str, pd.DataFrame]:
     }
     write_files_atomically(out_dir, {f"{name}.csv": table.to_csv(index=False) for name, table in tables.items()})
     return tables
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a metrics dict (not the threshold, not flags)."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "threshold"}
 
 
 def run_cv(

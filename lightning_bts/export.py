@@ -3,9 +3,10 @@
 The exported graph is the bare network: float32 ``(N, C, S, S)`` images in 0..255 in (the /255 scaling is
 inside, as the Keras ``Lambda`` layer), logits ``(N, 1, S, S)`` out; the batch axis is dynamic. Skull
 stripping and resizing to ``S`` are *not* in the graph: they are done beforehand exactly as
-:func:`lightning_bts.inference.prepare_image` does (``docs/inference.md`` states the contract). The
-preprocessing settings travel in the file (ONNX ``metadata_props``; TorchScript extra file
-``lightning_bts.json``) so a deployment can read them instead of guessing.
+:func:`lightning_bts.evaluation.predictor.prepare_image` does (``docs/inference.md`` states the contract).
+The checkpoint is loaded by the same :class:`~lightning_bts.evaluation.Predictor` as evaluation and prediction,
+and its preprocessing, post-processing and TTA settings travel in the file (ONNX ``metadata_props``;
+TorchScript extra file ``lightning_bts.json``) so a deployment can read them instead of guessing.
 
 Every export is run on sample slices, with a batch size other than the one traced, and compared with the
 PyTorch model (onnxruntime for ONNX); the file is only written when the maximum absolute difference of the
@@ -18,7 +19,6 @@ import argparse
 import copy
 import json
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,15 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_bts.checkpoints import (
-    CheckpointError,
-    Preprocessing,
-    model_from_checkpoint,
-    preprocessing_from_dict,
-    read_checkpoint,
-)
+from lightning_bts.checkpoints import Preprocessing
 from lightning_bts.data.records import DatasetError, read_image
-from lightning_bts.inference import InferenceError, find_images, prepare_image
+from lightning_bts.errors import UserError
+from lightning_bts.evaluation.predict_files import find_images
+from lightning_bts.evaluation.predictor import Predictor, prepare_image
+from lightning_bts.evaluation.settings import InferenceSettings
 from lightning_bts.module import SegmentationModule
 
 FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript"}
@@ -45,8 +42,12 @@ ONNX_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
-class ExportError(RuntimeError):
-    """An export that failed or does not reproduce the PyTorch model."""
+class ExportError(UserError):
+    """An export that cannot be done as asked: unknown format, output onto the checkpoint, missing package."""
+
+
+class ExportCheckError(RuntimeError):
+    """An exported file that does not reproduce the PyTorch model (a bug or an exporter limit, not bad input)."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,12 @@ def export_network(model: SegmentationModule) -> nn.Module:
     return net.eval()
 
 
-def contract(model: SegmentationModule, preprocessing: Preprocessing, checkpoint: str | Path) -> dict[str, str]:
-    """The input/output contract stored in the exported file (all values strings, as ONNX metadata needs)."""
+def contract(settings: InferenceSettings, preprocessing: Preprocessing, checkpoint: str | Path) -> dict[str, str]:
+    """The input/output contract stored in the exported file (all values strings, as ONNX metadata needs).
+
+    The graph is one network without TTA or post-processing; the settings the checkpoint stores for them
+    (:mod:`lightning_bts.evaluation.settings`) are recorded so a deployment can apply them.
+    """
     size, channels = preprocessing.image_size, preprocessing.in_channels
     return {
         "input": f"{INPUT_NAME}: float32 (N, {channels}, {size}, {size}), pixel values 0..255 (not divided by 255)",
@@ -76,7 +81,10 @@ def contract(model: SegmentationModule, preprocessing: Preprocessing, checkpoint
         "image_size": str(size),
         "in_channels": str(channels),
         "skull_strip": preprocessing.skull_strip,
-        "threshold": str(model.hparams.get("threshold", 0.5)),
+        "threshold": str(settings.postprocessing.threshold),
+        "postprocessing": json.dumps(settings.postprocessing.as_dict()),
+        "tta": "horizontal flip: mean of sigmoid(logits) of the slice and, mirrored back, of its mirror"
+        if settings.tta else "none",
         "preprocessing": "skull strip the grayscale slice (lightning_bts.data.skull_strip.brain_mask, method "
         "skull_strip), zero outside, resize to image_size (INTER_AREA when shrinking, else linear); "
         "in_channels 3 = RGB or grayscale repeated",
@@ -161,8 +169,8 @@ def export_checkpoint(
     slice alone (the batch axis is dynamic); it is written only if every logit is within ``atol`` of PyTorch.
 
     Raises:
-        CheckpointError: unusable checkpoint. ExportError: unknown format, output = checkpoint, or a check
-        failed (no file is left behind).
+        CheckpointError: unusable checkpoint. ExportError: unknown format, output = checkpoint, a missing
+        package. ExportCheckError: the export does not reproduce PyTorch (no file is left behind).
     """
     output = Path(output)
     kind = FORMATS.get(output.suffix.lower())
@@ -172,10 +180,9 @@ def export_checkpoint(
         raise ExportError(f"refusing to overwrite the checkpoint {checkpoint} with its export")
     if num_samples < 2:
         raise ExportError(f"num_samples must be at least 2 (to check the dynamic batch axis), got {num_samples}")
-    state = read_checkpoint(checkpoint)
-    model = model_from_checkpoint(state, checkpoint).to("cpu")
-    preprocessing = preprocessing_from_dict(state, checkpoint)
-    net = export_network(model)
+    predictor = Predictor.from_checkpoints([checkpoint], device="cpu")
+    preprocessing = predictor.preprocessing
+    net = export_network(predictor.models[0])
     images = sample_batch(preprocessing, samples, num_samples)
     if len(images) < 2:
         images = torch.cat([images, images.flip(-1)])
@@ -186,11 +193,11 @@ def export_checkpoint(
     temporary = output.with_name(f".{output.stem}.{os.getpid()}.tmp{output.suffix}")
     try:
         exporter = export_onnx if kind == "onnx" else export_torchscript
-        exporter(net, images[:2].clone(), temporary, contract(model, preprocessing, checkpoint))
+        exporter(net, images[:2].clone(), temporary, contract(predictor.settings, preprocessing, checkpoint))
         batches = (len(images), 1)
         diff = max(float(np.abs(run_exported(temporary, kind, images[:n]) - expected[:n]).max()) for n in batches)
         if not diff <= atol:
-            raise ExportError(f"{kind} export of {checkpoint} differs from PyTorch by up to {diff:.3g} "
+            raise ExportCheckError(f"{kind} export of {checkpoint} differs from PyTorch by up to {diff:.3g} "
                               f"(allowed {atol:g}); nothing written")
         os.replace(temporary, output)
     finally:
@@ -215,13 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``scripts/export.py``. Exit status 0 on success, 2 on errors."""
+    """``scripts/export.py``: exit status 0 on success.
+
+    Raises:
+        UserError: a bad checkpoint, output name or option (``run_main`` prints it and exits 2).
+        ExportCheckError: the export does not reproduce PyTorch (a traceback: not the user's doing).
+    """
     args = build_parser().parse_args(argv)
-    try:
-        report = export_checkpoint(args.ckpt, args.output, args.samples, args.num_samples, args.atol)
-    except (CheckpointError, ExportError, InferenceError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report = export_checkpoint(args.ckpt, args.output, args.samples, args.num_samples, args.atol)
     print(f"wrote {report.format} model {report.path}; checked on {report.num_samples} slice(s) with batch sizes "
           f"{'/'.join(map(str, report.batch_sizes))}: max |logit difference| to PyTorch {report.max_abs_diff:.3g} "
           f"(logits up to {report.max_abs_logit:.3g})")

@@ -225,8 +225,9 @@ def _protocol_lines(data: dict[str, Any]) -> list[str]:
         + (f", limit_train_batches {config['limit_train_batches']}" if config.get("limit_train_batches") else "")
         + f"; focal gamma {config['focal_gamma']}, alpha {config['focal_alpha']}",
         f"- evaluation: the weights after the last epoch (not the best epoch) on the fold's validation slices, "
-        f"threshold {protocol['threshold']}, precision `{protocol['eval_precision']}`; ratios pooled over all "
-        "pixels of the fold (as the paper), then mean ± sd and 95% t-interval across folds",
+        f"{_evaluation_rule(records[0]['metrics'], protocol)}, precision `{protocol['eval_precision']}`; "
+        f"{_resolution(records[0]['metrics'], config)}; ratios pooled over all pixels of the fold (as the paper), "
+        "then mean ± sd and 95% t-interval across folds",
         f"- code: git commit `{protocol['git_commit']}`; total training time {hours:.2f} h",
         f"- command: `{protocol['command']}`",
     ]
@@ -235,10 +236,24 @@ def _protocol_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _resolution(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+    """Where the fold metrics were scored (folds evaluated before native-resolution scores: the model grid)."""
+    if metrics.get("resolution") == "native":
+        return (f"scored at each slice's original size (probabilities of the {config['image_size']}x"
+                f"{config['image_size']} model resized back; model-grid scores in folds.csv as model_grid_*)")
+    return f"scored at the model's {config['image_size']}x{config['image_size']} grid"
+
+
+def _evaluation_rule(metrics: dict[str, Any], protocol: dict[str, Any]) -> str:
+    if "postprocessing_rule" in metrics:
+        return f"post-processing: {metrics['postprocessing_rule']}{', flip TTA' if metrics.get('tta') else ''}"
+    return f"threshold {protocol['threshold']}"
+
+
 def _markdown(data: dict[str, Any], summary: pd.DataFrame, paired: pd.DataFrame, has_gallery: str) -> str:
     losses = data["losses"]
     units = data["records"][0]["metrics"].get("hd_units", "pixels")
-    image_size = data["records"][0]["config"]["image_size"]
+    resolution = _resolution(data["records"][0]["metrics"], data["records"][0]["config"])
     n_folds = int(summary["n_folds"].max())
     lines = [f"# {' vs '.join(losses)}: {n_folds}-fold cross-validation", "",
              "Reproduction of the headline comparison of *A Quantitative Comparison between Focal Loss and Binary "
@@ -261,8 +276,8 @@ def _markdown(data: dict[str, Any], summary: pd.DataFrame, paired: pd.DataFrame,
         label = "Dice (mean per slice)" if metric == "dice_per_image" else metric
         lines.append(f"| {label} |" + "".join(cells))
     lines += ["", "## Hausdorff distances", "",
-              f"Mean per slice within a fold, then mean ± sd and 95% t-interval across folds; {units} at "
-              f"{image_size}x{image_size}. A slice with an empty prediction scores the image diagonal. The paper "
+              f"Mean per slice within a fold, then mean ± sd and 95% t-interval across folds; {units}, "
+              f"{resolution}. A slice with an empty prediction scores the image diagonal. The paper "
               f"reports a 95% CI of {PAPER_HD_CI_FOCAL_MM[0]}–{PAPER_HD_CI_FOCAL_MM[1]} mm for focal loss; "
               "millimetres and a different resolution make the numbers not directly comparable.", "",
               "| metric |" + "".join(f" {loss} mean ± sd | {loss} 95% CI |" for loss in losses),

@@ -1,9 +1,10 @@
-"""Evaluate checkpoint(s) on a dataset folder, without training; see lightning_bts/evaluation.py.
+"""Evaluate checkpoint(s) on a dataset folder, without training; see lightning_bts/evaluation/evaluate_cli.py.
 
-    python scripts/evaluate.py --ckpt PATH [PATH ...] --data-root DIR --out DIR
+    python scripts/evaluate.py --ckpt PATH [PATH ...] [--part test | --data-root DIR] --out DIR
 """
 
-from lightning_bts.evaluation import main
+from lightning_bts.errors import run_main
+from lightning_bts.evaluation.evaluate_cli import main
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -4,7 +4,8 @@
     python scripts/export.py --ckpt runs/focal_fold0/<version>/checkpoints/last.ckpt --output model.pt
 """
 
+from lightning_bts.errors import run_main
 from lightning_bts.export import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -5,7 +5,8 @@
         --tta --overlays --save-probs --pixel-spacing 0.49
 """
 
-from lightning_bts.inference import main
+from lightning_bts.errors import run_main
+from lightning_bts.evaluation.predict_cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -1,23 +1,21 @@
-"""Evaluating checkpoints without training: reproduces the logged validation metrics; ensembles; bad input."""
+"""Evaluating checkpoints without training: native and model-grid scores, the logged validation metrics
+reproduced at the model grid, the held-out test part, ensembles, bad input."""
 
 from __future__ import annotations
 
 import json
 import shutil
 
+import cv2
 import pandas as pd
 import pytest
 import torch
 
-from lightning_bts.data import BrainTumorDataModule, DatasetError
-from lightning_bts.evaluation import (
-    CheckpointError,
-    evaluate,
-    evaluate_checkpoints,
-    format_table,
-    load_checkpoints,
-    main,
-)
+from lightning_bts.checkpoints import CheckpointError
+from lightning_bts.data import DatasetError, load_records
+from lightning_bts.evaluation import Predictor, evaluate, evaluate_checkpoints, format_table
+from lightning_bts.evaluation.data import evaluation_data
+from lightning_bts.evaluation.evaluate_cli import main
 from lightning_bts.train import train
 from tests.conftest import REPO, SAMPLE_ROOT, write_dataset
 
@@ -46,25 +44,59 @@ def _edited_checkpoint(source, target, edit):
     return target
 
 
-def test_evaluate_script_reproduces_the_logged_validation_metrics(trained, tmp_path, capsys):
+def test_evaluate_script_reproduces_the_logged_validation_metrics_at_the_model_grid(trained, tmp_path, capsys):
     _, result = trained
     out = main(["--ckpt", str(result.last_checkpoint), "--out", str(tmp_path / "eval"), "--device", "cpu"])
     written = json.loads((out / "metrics.json").read_text())
     logs = pd.read_csv(result.log_dir / "metrics.csv")
     last = logs.dropna(subset=["val/dice"]).iloc[-1]
+    grid = written["model_grid"]
     for name in (*RATIOS, "hd", "hd95"):
-        assert written[name] == pytest.approx(last[f"val/{name}"], rel=1e-5, abs=1e-6), name
+        assert grid[name] == pytest.approx(last[f"val/{name}"], rel=1e-5, abs=1e-6), name
     for name in RATIOS:
-        assert written["per_image"][name] == pytest.approx(last[f"val/{name}_per_image"], rel=1e-5, abs=1e-6), name
+        assert grid["per_image"][name] == pytest.approx(last[f"val/{name}_per_image"], rel=1e-5, abs=1e-6), name
     assert 0 < written["accuracy"] < 1 and written["n_images"] == 67 and written["part"] == "val"
     printed = capsys.readouterr().out
     assert format_table(written) in printed  # what is printed is what was written
 
+    # the layout: native scores at the top level, the model grid's under model_grid, and what was applied
+    assert written["resolution"] == "native" and grid["resolution"] == "32x32"
+    assert written["hd_units"] == "pixels of the original slices" and grid["hd_units"] == "pixels of the model grid"
+    assert set(RATIOS) | {"hd", "hd95", "hd_empty", "per_image"} <= set(written) & set(grid)
+    assert written["postprocessing"] == {"threshold": 0.5, "components": "all", "min_area": 0.0,
+                                         "empty_fallback": None}
+    assert written["tta"] is False and written["settings_source"] == "default" and "note" not in written
+    assert written["hd"] > grid["hd"]  # pixels of 256x256 slices vs of the 32x32 grid: not the same numbers
+
     per_image = pd.read_csv(out / "per_image.csv", dtype={"key": str, "patient_group": str})
     assert len(per_image) == 67 and per_image["key"].str.len().eq(4).all()
+    assert (per_image["height"] == 256).all() and (per_image["width"] == 256).all()
     assert per_image["dice"].mean() == pytest.approx(written["per_image"]["dice"], abs=1e-6)
+    assert per_image["model_grid_dice"].mean() == pytest.approx(grid["per_image"]["dice"], abs=1e-6)
     assert per_image["hd95"].mean() == pytest.approx(written["hd95"], rel=1e-5)
+    records = load_records(SAMPLE_ROOT).set_index("key")  # native tumour pixels are the mask files' own
+    expected = [int((cv2.imread(records.loc[key, "mask_path"], cv2.IMREAD_GRAYSCALE) > 0).sum())
+                for key in per_image["key"]]
+    assert per_image["tumor_pixels"].tolist() == expected
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_held_out_test_part(trained, tmp_path):
+    _, result = trained
+    with pytest.raises(CheckpointError, match="without a held-out test part"):
+        main(["--ckpt", str(result.last_checkpoint), "--part", "test", "--out", str(tmp_path / "none")])
+    held_out = _edited_checkpoint(result.last_checkpoint, tmp_path / "held_out.ckpt",
+                                  lambda c: c["datamodule_hyper_parameters"].update(test_fraction=0.2))
+    out = main(["--ckpt", str(held_out), "--part", "test", "--out", str(tmp_path / "test"), "--device", "cpu"])
+    written = json.loads((out / "metrics.json").read_text())
+    predictor = Predictor.from_checkpoints([held_out])
+    datamodule, _ = evaluation_data(predictor.sources, part="test")
+    split = datamodule.split
+    assert written["part"] == "test" and written["n_images"] == len(split.test) > 0
+    groups = load_records(SAMPLE_ROOT).set_index("key")["patient_group"]
+    assert not set(groups[split.test]) & set(groups[[*split.train, *split.val]])  # patients nothing else saw
+    per_image = pd.read_csv(out / "per_image.csv", dtype={"key": str})
+    assert sorted(per_image["key"]) == sorted(split.test)
 
 
 def test_ensemble_threshold_and_other_dataset(trained, tmp_path):
@@ -78,18 +110,36 @@ def test_ensemble_threshold_and_other_dataset(trained, tmp_path):
     strict = evaluate_checkpoints([result.last_checkpoint], data_root=SAMPLE_ROOT, device="cpu", threshold=0.9)
     assert strict.per_image["predicted_pixels"].sum() <= single.per_image["predicted_pixels"].sum()
 
-    models, data_hparams, _ = load_checkpoints([result.last_checkpoint])
-    datamodule = BrainTumorDataModule(**{**data_hparams, "num_workers": 0})
-    direct = evaluate(models[0], datamodule, part="val")  # the in-process form cross-validation uses
-    assert direct.metrics["dice"] == pytest.approx(
+    predictor = Predictor.from_checkpoints([result.last_checkpoint])
+    datamodule, part = evaluation_data(predictor.sources)
+    direct = evaluate(predictor, datamodule, part)  # the in-process form
+    assert part == "val" and direct.metrics["dice"] == pytest.approx(
         evaluate_checkpoints([result.last_checkpoint], device="cpu").metrics["dice"])
 
     other_fold = _edited_checkpoint(result.last_checkpoint, tmp_path / "fold1.ckpt",
                                     lambda c: c["datamodule_hyper_parameters"].update(fold=1))
     with pytest.raises(CheckpointError, match="share no 'val' part"):
         evaluate_checkpoints([result.last_checkpoint, other_fold], device="cpu")
+    other_split = _edited_checkpoint(result.last_checkpoint, tmp_path / "seed7.ckpt",
+                                     lambda c: c["datamodule_hyper_parameters"].update(fold=1, seed=7))
+    with pytest.raises(CheckpointError, match="share no held-out test part"):
+        evaluate_checkpoints([result.last_checkpoint, other_split], part="test", device="cpu")
     ensemble = evaluate_checkpoints([result.last_checkpoint, other_fold], data_root=SAMPLE_ROOT, device="cpu")
     assert ensemble.metrics["n_images"] == 129
+
+
+def test_split_that_changed_since_training_is_refused(trained, tmp_path):
+    _, result = trained
+    assert (result.last_checkpoint.parent.parent / "splits.json").is_file()  # what every evaluation checks
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    shutil.copy(result.last_checkpoint, checkpoint)
+    split = json.loads((result.log_dir / "splits.json").read_text())
+    split["val"] = split["val"][1:]  # as if the dataset had lost a slice since training
+    (run / "splits.json").write_text(json.dumps(split))
+    with pytest.raises(CheckpointError, match="differs from its run's .*splits.json \\(1 slice\\(s\\) differ\\)"):
+        evaluate_checkpoints([checkpoint], device="cpu")
 
 
 def test_checkpoint_of_another_architecture_is_refused(trained, tmp_path):

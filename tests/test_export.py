@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from lightning_bts import export
-from lightning_bts.checkpoints import load_model
-from lightning_bts.export import ExportError, export_checkpoint, main
+from lightning_bts.checkpoints import CheckpointError, load_model
+from lightning_bts.evaluation import InferenceSettings, PostProcessing
+from lightning_bts.evaluation.settings import store_settings
+from lightning_bts.export import ExportCheckError, ExportError, export_checkpoint, main
 from tests.test_inference import IMAGE_SIZE, trained_checkpoint
 
 
@@ -62,18 +65,23 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(trained, pytorch_logits, tmp_
 
 
 def test_torchscript_matches_pytorch_and_carries_its_contract(trained, pytorch_logits, tmp_path):
-    checkpoint, root = trained
+    source, root = trained
+    checkpoint = tmp_path / "selected.ckpt"  # with a stored post-processing choice, which the contract records
+    shutil.copy(source, checkpoint)
+    store_settings([checkpoint], InferenceSettings(PostProcessing(0.4, "largest"), tta=True), {"part": "val"})
     report = export_checkpoint(checkpoint, tmp_path / "model.pt", samples=[root / "images"], num_samples=3)
     assert report.format == "torchscript" and report.max_abs_diff <= 1e-4 and report.batch_sizes == (3, 1)
     files = {"lightning_bts.json": ""}
     module = torch.jit.load(str(report.path), map_location="cpu", _extra_files=files)
-    assert json.loads(files["lightning_bts.json"])["in_channels"] == "3"
+    contract = json.loads(files["lightning_bts.json"])
+    assert contract["in_channels"] == "3" and contract["threshold"] == "0.4" and "flip" in contract["tta"]
+    assert json.loads(contract["postprocessing"]) == PostProcessing(0.4, "largest").as_dict()
     images = random_slices(5)
     with torch.inference_mode():
         assert np.abs(module(images).numpy() - pytorch_logits(images)).max() <= 1e-4
 
 
-def test_bad_exports_leave_nothing_behind(trained, tmp_path, monkeypatch, capsys):
+def test_bad_exports_leave_nothing_behind(trained, tmp_path, monkeypatch):
     checkpoint, root = trained
     with pytest.raises(ExportError, match="format of .*model.h5"):
         export_checkpoint(checkpoint, tmp_path / "model.h5")
@@ -84,10 +92,11 @@ def test_bad_exports_leave_nothing_behind(trained, tmp_path, monkeypatch, capsys
         export_checkpoint(named_pt, named_pt)
     out = tmp_path / "out"
     monkeypatch.setattr(export, "run_exported", lambda path, kind, images: np.zeros((len(images), 1, 1, 1)))
-    with pytest.raises(ExportError, match="differs from PyTorch"):
+    with pytest.raises(ExportCheckError, match="differs from PyTorch"):
         export_checkpoint(checkpoint, out / "bad.pt", samples=[root / "images"], num_samples=2)
     assert list(out.iterdir()) == []
     not_a_checkpoint = tmp_path / "notes.ckpt"
     not_a_checkpoint.write_text("hello")
-    assert main(["--ckpt", str(not_a_checkpoint), "--output", str(out / "m.onnx")]) == 2
-    assert "notes.ckpt" in capsys.readouterr().err and not (out / "m.onnx").exists()
+    with pytest.raises(CheckpointError, match="notes.ckpt"):
+        main(["--ckpt", str(not_a_checkpoint), "--output", str(out / "m.onnx")])
+    assert not (out / "m.onnx").exists()

@@ -1,4 +1,8 @@
-"""Prediction on raw images: same preprocessing as training, ensembles, TTA, outputs, bad input."""
+"""Prediction on raw images: same preprocessing as training, ensembles, TTA, outputs, bad input.
+
+The checkpoint of these tests (and test_export's, test_predictor's) is a 2-level U-Net with 4 base filters,
+trained for two batches: the mechanics, not the accuracy.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from lightning_bts.checkpoints import (
 )
 from lightning_bts.data import BrainTumorDataModule
 from lightning_bts.data.records import read_image
-from lightning_bts.inference import Predictor, find_images, main, prepare_image, to_original_size
+from lightning_bts.evaluation import InferenceError, Predictor, find_images
+from lightning_bts.evaluation.predict_cli import main
+from lightning_bts.evaluation.predictor import prepare_image, to_original_size
 from lightning_bts.train import train
 from tests.conftest import REPO, write_dataset
 
@@ -35,7 +41,8 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     if not checkpoint.is_file():
         write_dataset(root)
         train(["--data.root", str(root), "--data.image_size", str(IMAGE_SIZE), "--data.num_workers", "0",
-               "--data.batch_size", "4", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+               "--data.batch_size", "4", "--model.depth", "2", "--model.base_filters", "4",
+               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
                "--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar",
                "false", "--trainer.enable_model_summary", "false", "--precision", "32-true",
                "--trainer.default_root_dir", str(base / "run"), "--output_dir", str(base / "unused")])
@@ -183,28 +190,27 @@ def test_unreadable_files_are_skipped_and_listed_or_stop_a_strict_run(trained, t
     assert sorted(pd.read_csv(out / "predictions.csv")["image"].map(lambda p: Path(p).name)) == ["0000.png", "0001.png"]
     assert "broken.png" in capsys.readouterr().err
 
-    assert main(["--ckpt", str(checkpoint), "--input", str(scans), "--output", str(tmp_path / "strict"),
-                 "--strict", "--quiet"]) == 2
-    assert "broken.png" in capsys.readouterr().err
+    with pytest.raises(InferenceError, match="broken.png.*stopped: --strict"):
+        main(["--ckpt", str(checkpoint), "--input", str(scans), "--output", str(tmp_path / "strict"), "--strict",
+              "--quiet"])
 
 
-def test_inputs_are_never_overwritten(trained, tmp_path, capsys):
+def test_inputs_are_never_overwritten(trained, tmp_path):
     checkpoint, root = trained
     scans = tmp_path / "scans"
     scans.mkdir()
     (scans / "a.png").write_bytes((root / "images" / "0000.png").read_bytes())
     before = sorted(scans.iterdir())
     for output in (scans, tmp_path):  # equal to, or containing, the input folder
-        assert main(["--ckpt", str(checkpoint), "--input", str(scans), "--output", str(output), "--quiet"]) == 2
-        assert "contains the input" in capsys.readouterr().err
+        with pytest.raises(InferenceError, match="contains the input"):
+            main(["--ckpt", str(checkpoint), "--input", str(scans), "--output", str(output), "--quiet"])
     assert sorted(scans.iterdir()) == before
     (scans / "a.jpg").write_bytes((root / "images" / "0001.png").read_bytes())
-    assert main(["--ckpt", str(checkpoint), "--input", str(scans / "a.*"), "--output", str(tmp_path / "o"),
-                 "--quiet"]) == 2
-    assert "would both be written as a.png" in capsys.readouterr().err
+    with pytest.raises(InferenceError, match="would both be written as a.png"):
+        main(["--ckpt", str(checkpoint), "--input", str(scans / "a.*"), "--output", str(tmp_path / "o"), "--quiet"])
 
 
-def test_checkpoints_that_do_not_match_are_clear_errors(trained, tmp_path, capsys):
+def test_checkpoints_that_do_not_match_are_clear_errors(trained, tmp_path):
     checkpoint, _ = trained
     text = tmp_path / "notes.ckpt"
     text.write_text("hello")
@@ -233,9 +239,9 @@ def test_checkpoints_that_do_not_match_are_clear_errors(trained, tmp_path, capsy
     bigger = modified_checkpoint(checkpoint, tmp_path / "bigger.ckpt", other_size)
     with pytest.raises(CheckpointError, match="bigger.ckpt.*other preprocessing"):
         load_ensemble([checkpoint, bigger])
-    assert main(["--ckpt", str(checkpoint), str(text), "--input", str(REPO / "data" / "sample" / "images"),
-                 "--output", str(tmp_path / "out"), "--quiet"]) == 2
-    assert "notes.ckpt" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="notes.ckpt"):
+        main(["--ckpt", str(checkpoint), str(text), "--input", str(REPO / "data" / "sample" / "images"),
+              "--output", str(tmp_path / "out"), "--quiet"])
     assert not (tmp_path / "out").exists()
 
 
@@ -246,9 +252,9 @@ def test_checkpoint_without_data_settings_falls_back_with_a_warning(trained, tmp
         assert preprocessing_from_checkpoint(path) == Preprocessing(256, 3, "safe")
 
 
-def test_find_images_and_the_script(trained, tmp_path, monkeypatch):
+def test_find_images_and_the_script(trained, tmp_path, monkeypatch, capsys):
     checkpoint, root = trained
-    with pytest.raises(ValueError, match="no images found"):
+    with pytest.raises(InferenceError, match="no images found"):
         find_images([str(tmp_path / "*.png")])
     assert len(find_images([root / "images", str(root / "images" / "00*.png")])) == 18  # duplicates dropped
     out = tmp_path / "out"
@@ -257,3 +263,11 @@ def test_find_images_and_the_script(trained, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(REPO / "scripts" / "predict.py"), run_name="__main__")
     assert exit_info.value.code == 0 and (out / "masks" / "0000.png").is_file()
+    # a user error is one line on stderr and exit status 2 (lightning_bts.errors.run_main), nothing written
+    monkeypatch.setattr(sys, "argv", ["predict.py", "--ckpt", str(checkpoint), "--input",
+                                      str(root / "images" / "0000.png"), "--output", str(tmp_path / "o2"),
+                                      "--device", "cuda:99"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "scripts" / "predict.py"), run_name="__main__")
+    assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("error: --device cuda:99")
+    assert not (tmp_path / "o2").exists()

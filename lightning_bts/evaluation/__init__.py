@@ -1,0 +1,36 @@
+"""Everything after training: one predictor, post-processing chosen on validation, scores, prediction files.
+
+Modules, each one job (imports go down this list, never up; none of them is imported by training code):
+
+- ``postprocess``    :class:`PostProcessing`: probability map -> mask (threshold, components, empty fallback)
+- ``settings``       the TTA and post-processing a checkpoint stores, and the command-line overrides
+- ``predictor``      :class:`Predictor`: checkpoints -> probabilities (device, precision, ensemble, flip TTA)
+- ``data``           which slices are scored (the checkpoint's own split, checked), at both resolutions
+- ``scoring``        :func:`evaluate_checkpoints`: metrics at each slice's original size and at the model grid
+- ``selection``      :func:`select_postprocessing`: choose TTA and post-processing on validation, store it
+- ``outputs``        metrics.json, per_image.csv, predictions.npz, the printed table
+- ``predict_files``  :func:`predict_files`: masks, maps, overlays and a table for image files
+- ``evaluate_cli``, ``predict_cli``, ``select_cli``   the ``main`` of scripts/evaluate.py, predict.py and
+  select_postprocessing.py
+"""
+
+from lightning_bts.evaluation.outputs import (
+    format_table,
+    load_predictions,
+    predictions_npz,
+    to_json,
+    write_evaluation,
+    write_files_atomically,
+)
+from lightning_bts.evaluation.postprocess import PostProcessing
+from lightning_bts.evaluation.predict_files import find_images, predict_files
+from lightning_bts.evaluation.predictor import PRECISIONS, InferenceError, Predictor, resolve_device
+from lightning_bts.evaluation.scoring import Evaluation, evaluate, evaluate_checkpoints
+from lightning_bts.evaluation.selection import select_postprocessing
+from lightning_bts.evaluation.settings import InferenceSettings
+
+__all__ = [
+    "PRECISIONS", "Evaluation", "InferenceError", "InferenceSettings", "PostProcessing", "Predictor", "evaluate",
+    "evaluate_checkpoints", "find_images", "format_table", "load_predictions", "predict_files", "predictions_npz",
+    "resolve_device", "select_postprocessing", "to_json", "write_evaluation", "write_files_atomically",
+]

@@ -1,0 +1,79 @@
+"""``scripts/evaluate.py``: score checkpoint(s) on a dataset without training.
+
+    python scripts/evaluate.py --ckpt runs/focal_fold0/v/checkpoints/last.ckpt --out eval/fold0
+    python scripts/evaluate.py --ckpt runs/focal_fold0/v/checkpoints/last.ckpt --part test --out eval/test
+    python scripts/evaluate.py --ckpt cv/runs/focal_fold*/cv/checkpoints/final.ckpt \\
+        --data-root ../shared/data/figshare_brain_tumor --out eval/ensemble
+
+Writes ``metrics.json`` (top level: every metric at each slice's original size, ``resolution: native``;
+``model_grid``: the same at the model's grid; the post-processing and TTA used and where they came from) and
+``per_image.csv`` (one row per slice: native columns, then ``model_grid_*``); ``--save-predictions`` adds
+``predictions.npz`` (model-grid masks). See :mod:`lightning_bts.evaluation.scoring`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning_bts.evaluation.data import PARTS
+from lightning_bts.evaluation.outputs import format_table, write_evaluation
+from lightning_bts.evaluation.predictor import PRECISIONS
+from lightning_bts.evaluation.scoring import evaluate_checkpoints
+from lightning_bts.evaluation.settings import add_override_arguments
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Evaluate one checkpoint, or several as an ensemble (mean probability), without training. "
+        "Scores every slice at its original size (top-level metrics) and at the model's grid (model_grid), "
+        "with the post-processing and TTA stored with the checkpoint (scripts/select_postprocessing.py).",
+        epilog="Example: python scripts/evaluate.py --ckpt runs/focal_fold0/v/checkpoints/last.ckpt "
+        "--part test --out eval/focal_fold0_test",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--ckpt", nargs="+", required=True, metavar="PATH",
+                        help="checkpoint(s); several are averaged in probability")
+    parser.add_argument("--data-root", default=None, metavar="DIR",
+                        help="dataset folder (images/, masks/, metadata.csv); default: the checkpoint's own data, "
+                        "validation fold. An ensemble of cross-validation folds has trained on every slice of its "
+                        "own dataset: evaluate it on held-out data only (--part test, or another folder)")
+    parser.add_argument("--part", default=None, choices=PARTS,
+                        help="which slices: the checkpoint's val (default), train or held-out test patients "
+                        "(data.test_fraction > 0 in training), or all; 'all' with --data-root")
+    parser.add_argument("--out", required=True, metavar="DIR", help="writes DIR/metrics.json and DIR/per_image.csv")
+    add_override_arguments(parser)
+    parser.add_argument("--precision", default="32-true", choices=tuple(PRECISIONS),
+                        help="inference precision (default 32-true; bf16-mixed/16-mixed autocast)")
+    parser.add_argument("--pixel-spacing", nargs="+", type=float, metavar="MM", default=None,
+                        help="mm per pixel of the original slices (one value, or row and column): Hausdorff "
+                        "distances in mm (default: the model's pixel_spacing_mm if set, else pixels)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: CUDA if present); a GPU "
+                        "asked for but missing is an error")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--cache-dir", default=None, help="preprocessing cache (see data.cache_dir)")
+    parser.add_argument("--save-predictions", action="store_true",
+                        help="also write predictions.npz (masks at the model's grid)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Evaluates, writes, prints what was written; returns the output folder.
+
+    Raises:
+        UserError: a bad checkpoint, option or dataset (``run_main`` prints it and exits 2).
+    """
+    args = parse_args(argv)
+    evaluation = evaluate_checkpoints(
+        args.ckpt, args.data_root, args.part, args.threshold, args.precision, args.device, args.batch_size,
+        args.cache_dir, keep_predictions=args.save_predictions, tta=args.tta, postprocessing=args.postprocessing,
+        pixel_spacing=args.pixel_spacing,
+    )
+    out = write_evaluation(evaluation, args.out)
+    written = json.loads((out / "metrics.json").read_text())  # print what was written, not a second copy
+    print(format_table(written))
+    print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
+    return out

@@ -1,0 +1,127 @@
+"""What an evaluation writes: ``metrics.json``, ``per_image.csv``, ``predictions.npz``, and the printed table.
+
+Files are written through temporary names and renames: an error leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_bts.errors import UserError
+from lightning_bts.evaluation.scoring import Evaluation
+from lightning_bts.metrics import RATIO_NAMES
+
+
+def write_files_atomically(out_dir: str | Path, files: Mapping[str, str | bytes]) -> Path:
+    """Write ``{relative name: content}`` under ``out_dir`` so that no reader ever sees a partial file.
+
+    A new ``out_dir`` is built under a temporary name and renamed as a whole; in an existing one each file
+    is written to a temporary name and renamed over the old one.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output folder {out_dir} exists and is not a folder")
+    fresh = not out_dir.exists()
+    if fresh:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        target = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    else:
+        target = out_dir
+    try:
+        for name, content in files.items():
+            path = target / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(content.encode() if isinstance(content, str) else content)
+            os.replace(temporary, path)
+        if fresh:
+            os.rename(target, out_dir)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def to_json(data: Any) -> str:
+    """JSON with NaN/inf written as null (valid JSON for any reader)."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        if isinstance(value, np.generic):
+            return clean(value.item())
+        return value
+
+    return json.dumps(clean(data), indent=1) + "\n"
+
+
+def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
+    """``metrics.json`` and ``per_image.csv`` (and ``predictions.npz`` when kept) in ``out_dir``."""
+    files: dict[str, str | bytes] = {
+        "metrics.json": to_json(evaluation.metrics),
+        "per_image.csv": evaluation.per_image.to_csv(index=False),
+    }
+    if evaluation.predictions is not None:
+        files["predictions.npz"] = predictions_npz(evaluation.per_image["key"], evaluation.predictions)
+    return write_files_atomically(out_dir, files)
+
+
+def predictions_npz(keys: Sequence[str], masks: np.ndarray) -> bytes:
+    """Predicted masks, bit-packed and compressed (a few kB per fold), with their slice keys."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, keys=np.asarray(list(keys), dtype=str), shape=np.asarray(masks.shape),
+                        packed=np.packbits(masks.astype(bool), axis=None))
+    return buffer.getvalue()
+
+
+def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
+    """``{key: bool mask}`` from :func:`predictions_npz`'s file."""
+    with np.load(path) as data:
+        shape = tuple(int(s) for s in data["shape"])
+        masks = np.unpackbits(data["packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+        return dict(zip(data["keys"].tolist(), masks))
+
+
+def format_table(metrics: Mapping[str, Any]) -> str:
+    """The headline table: native pooled and per-image ratios in percent and Hausdorff means, beside the
+    model-grid pooled values (when ``metrics`` has them)."""
+    grid = metrics.get("model_grid")
+    native = "native" if grid else "pooled"
+    lines = [f"{'metric':<12}{native:>10}{'per image':>12}" + (f"{'model grid':>13}" if grid else "")]
+    for name in RATIO_NAMES:
+        line = f"{name:<12}{100 * metrics[name]:>9.2f}%{100 * metrics['per_image'][name]:>11.2f}%"
+        lines.append(line + (f"{100 * grid[name]:>12.2f}%" if grid else ""))
+    for name in ("hd", "hd95"):
+        line = f"{name:<12}{metrics[name]:>7.2f} {_units(metrics)}{'':>12}"
+        lines.append(line + (f"{grid[name]:>10.2f} {_units(grid)}" if grid else ""))
+    lines.append(f"{metrics.get('n_images', '?')} slices ({metrics.get('part')}), {metrics.get('hd_empty', 0)} with an "
+                 "empty prediction or mask")
+    if grid:
+        lines.append(f"native: each slice at its original size; model grid: {grid.get('resolution')}")
+    if "postprocessing_rule" in metrics:
+        lines.append(f"post-processing: {metrics['postprocessing_rule']}{', flip TTA' if metrics.get('tta') else ''} "
+                     f"({metrics.get('settings_source')})")
+    else:
+        lines.append(f"threshold {metrics.get('threshold')}")
+    if metrics.get("note"):
+        lines.append(f"note: {metrics['note']}")
+    return "\n".join(lines)
+
+
+def _units(metrics: Mapping[str, Any]) -> str:
+    return "mm" if metrics.get("hd_units") == "mm" else "px"

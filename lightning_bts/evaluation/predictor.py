@@ -1,0 +1,204 @@
+"""The one predictor: checkpoint(s) in, tumour probabilities and masks out, the same way for every consumer.
+
+Evaluation, prediction on new scans, the cross-validation runner, post-processing selection and export all
+load models through :meth:`Predictor.from_checkpoints`, so a checkpoint means one thing everywhere:
+
+- the preprocessing it was trained with (skull stripping, size, channels; :mod:`lightning_bts.checkpoints`);
+- several checkpoints are an ensemble: the mean of the members' probabilities (averaging probabilities, not
+  logits or votes, keeps one over-confident member from deciding alone);
+- flip TTA: the mean of the prediction and the mirrored prediction of the mirrored slice (horizontal flip);
+- autocast as the ``precision`` option says;
+- the post-processing and TTA stored with the checkpoint (:mod:`lightning_bts.evaluation.settings`), unless
+  overridden;
+- the device, chosen once: ``auto`` takes a GPU when there is one, and a GPU that is asked for but missing is
+  an error at once, never a silent fallback to the CPU.
+
+Models are only called as ``model(images)`` on uint8 ``(N, C, S, S)`` batches in eval mode and must return
+logits ``(N, 1, S, S)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_bts.checkpoints import CheckpointInfo, Preprocessing, load_members
+from lightning_bts.data.preprocess import preprocess_image
+from lightning_bts.errors import ConfigError, UserError
+from lightning_bts.evaluation.postprocess import PostProcessing
+from lightning_bts.evaluation.settings import InferenceSettings, resolve_settings
+
+PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+class InferenceError(UserError):
+    """Inputs or outputs that cannot be used (no images, an output folder holding inputs, a missing GPU, ...)."""
+
+
+def resolve_device(name: str | torch.device | None = "auto", option: str = "--device") -> torch.device:
+    """The device ``name`` asks for: ``auto`` (or ``None``) is the first CUDA GPU if present, else the CPU.
+
+    ``gpu`` means ``cuda``. ``option`` names the setting in error messages.
+
+    Raises:
+        InferenceError: an unknown device, or a GPU (CUDA, MPS) that is not available here.
+    """
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = "cuda" + str(name)[3:] if str(name).startswith("gpu") else str(name)
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise InferenceError(f"{option} {name!r} is not a device ({error}); use cpu, cuda, cuda:1, mps or auto") \
+            from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InferenceError(f"{option} {name}: no CUDA GPU is available here; use {option} cpu, or "
+                                 f"{option} auto (a GPU when there is one)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InferenceError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                                 f"numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InferenceError(f"{option} {name}: MPS is not available here; use {option} cpu")
+    return device
+
+
+def check_precision(precision: str, option: str = "--precision") -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`; ``option`` names the setting in the error."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{option} {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def prepare_image(image: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """uint8 ``(C, S, S)`` model input from a uint8 ``(H, W)`` or ``(H, W, 3)`` RGB image, as in training."""
+    prepared = preprocess_image(image, preprocessing.image_size, preprocessing.skull_strip,
+                                rgb=preprocessing.in_channels == 3)
+    return np.ascontiguousarray(prepared.transpose(2, 0, 1))
+
+
+def to_original_size(probability: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A float32 ``(S, S)`` probability map resized to ``shape`` (H, W): linear when enlarging, area when shrinking."""
+    height, width = shape
+    if probability.shape == (height, width):
+        return probability.astype(np.float32, copy=False)
+    enlarging = height > probability.shape[0] or width > probability.shape[1]
+    return cv2.resize(probability.astype(np.float32, copy=False), (width, height),
+                      interpolation=cv2.INTER_LINEAR if enlarging else cv2.INTER_AREA)
+
+
+class Predictor:
+    """Mean tumour probability of one or more models (optionally with flip TTA), and its post-processed mask.
+
+    Args:
+        models: modules returning logits ``(N, 1, S, S)`` for uint8 ``(N, C, S, S)`` images; put in eval mode.
+        preprocessing: what their input must look like.
+        device: where the models run (:func:`resolve_device`); they are moved there.
+        tta: also predict the mirrored slice and average (the mirror's prediction mirrored back).
+        precision: one of :data:`PRECISIONS`; ``bf16-mixed``/``16-mixed`` autocast the forward passes.
+        postprocessing: how :meth:`masks` turns probabilities into masks (default: the paper's rule).
+        sources: what the checkpoints behind ``models`` record (:meth:`from_checkpoints` fills it).
+        settings_source: where ``tta`` and ``postprocessing`` came from (see :class:`InferenceSettings`).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        preprocessing: Preprocessing,
+        device: str | torch.device = "cpu",
+        tta: bool = False,
+        precision: str = "32-true",
+        postprocessing: PostProcessing | None = None,
+        sources: Sequence[CheckpointInfo] = (),
+        settings_source: str = "default",
+    ) -> None:
+        if not models:
+            raise InferenceError("a Predictor needs at least one model")
+        self.device = resolve_device(device)
+        self.precision = check_precision(precision)
+        self.models = [model.eval().to(self.device) for model in models]
+        self.preprocessing = preprocessing
+        self.tta = tta
+        self.postprocessing = postprocessing or PostProcessing()
+        self.sources = tuple(sources)
+        self.settings_source = settings_source
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        paths: Sequence[str | Path],
+        device: str | torch.device = "cpu",
+        precision: str = "32-true",
+        tta: bool | None = None,
+        postprocessing: PostProcessing | None = None,
+        threshold: float | None = None,
+    ) -> Predictor:
+        """Loads ``paths`` as an ensemble with the settings they store; arguments other than ``None`` override.
+
+        The device and precision are checked before any file is read.
+
+        Raises:
+            InferenceError: a device that is not available. ConfigError: an unknown precision or bad override.
+            CheckpointError: see :func:`lightning_bts.checkpoints.load_members` and
+            :func:`lightning_bts.evaluation.settings.resolve_settings`.
+        """
+        device = resolve_device(device)
+        check_precision(precision)
+        models, infos = load_members(paths, map_location=device)
+        settings = resolve_settings(infos, postprocessing, threshold, tta)
+        return cls(models, infos[0].preprocessing, device, settings.tta, precision, settings.postprocessing,
+                   infos, settings.source)
+
+    @property
+    def settings(self) -> InferenceSettings:
+        return InferenceSettings(self.postprocessing, self.tta, self.settings_source)
+
+    def with_tta(self, tta: bool) -> Predictor:
+        """The same models and settings with flip TTA on or off (models are shared, not copied)."""
+        return Predictor(self.models, self.preprocessing, self.device, tta, self.precision, self.postprocessing,
+                         self.sources, self.settings_source)
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """float32 ``(N, S, S)`` tumour probabilities of preprocessed uint8 ``(N, C, S, S)`` images."""
+        batch = torch.as_tensor(images).to(self.device)
+        expected = (self.preprocessing.in_channels, self.preprocessing.image_size, self.preprocessing.image_size)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise InferenceError(f"model input must be (N, {', '.join(map(str, expected))}) as preprocessed for "
+                                 f"this checkpoint, got {tuple(batch.shape)}")
+        total = torch.zeros((batch.shape[0], *batch.shape[2:]), dtype=torch.float32, device=self.device)
+        views = [False, True] if self.tta else [False]
+        for model in self.models:
+            for mirrored in views:
+                total += self._probability(model, batch, mirrored)
+        return (total / (len(self.models) * len(views))).cpu().numpy()
+
+    def _probability(self, model: nn.Module, batch: torch.Tensor, mirrored: bool) -> torch.Tensor:
+        """float32 ``(N, S, S)``; with ``mirrored``, of the horizontally flipped batch, flipped back."""
+        dtype = PRECISIONS[self.precision]
+        cast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with cast:
+            logits = model(torch.flip(batch, dims=[-1]) if mirrored else batch)
+        probability = torch.sigmoid(logits.float())[:, 0]
+        return torch.flip(probability, dims=[-1]) if mirrored else probability
+
+    def masks(self, probabilities: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """bool masks of probability maps (any sizes), by :attr:`postprocessing`."""
+        return [self.postprocessing.apply(probability) for probability in probabilities]
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """float32 probability maps at each image's own size, for uint8 ``(H, W)`` or ``(H, W, 3)`` images."""
+        if not images:
+            return []
+        batch = np.stack([prepare_image(image, self.preprocessing) for image in images])
+        return [to_original_size(p, image.shape[:2]) for p, image in zip(self.probabilities(batch), images)]
+
+    def segment(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """bool tumour masks at each image's own size: :meth:`predict`, then :attr:`postprocessing`."""
+        return self.masks(self.predict(images))
