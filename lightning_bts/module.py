@@ -1,4 +1,5 @@
-"""The LightningModule: the paper's U-Net, a loss chosen by name, Adam as Keras configures it, metrics."""
+"""The LightningModule: a network (the paper's U-Net by default), a loss chosen by name, an optimiser and schedule
+(Keras' Adam, constant, by default), optional weight averaging, and the metrics."""
 
 from __future__ import annotations
 
@@ -10,23 +11,38 @@ import torch
 from pytorch_lightning.accelerators import XLAAccelerator
 from pytorch_lightning.utilities import rank_zero_warn
 
-from lightning_bts.losses import build_loss
+from lightning_bts.errors import ConfigError
+from lightning_bts.losses import DeepSupervisionLoss, build_loss
 from lightning_bts.metrics import HausdorffMetrics, OverlapMetrics
-from lightning_bts.models.unet import UNet, paper_dropout_rates
-from lightning_bts.optim import KerasAdam
+from lightning_bts.models.factory import DEFAULT_ENCODER, PAPER_UNET, build_network, check_image_size
+from lightning_bts.optim import build_optimizer, resolve_optimizer
+from lightning_bts.schedules import SCHEDULERS, lightning_schedulers
 
-SCHEDULERS = ("none", "cosine", "plateau")
+MONITOR = "val/dice"
 
 
 class SegmentationModule(pl.LightningModule):
-    """Trains :class:`~lightning_bts.models.UNet` on ``{"image", "mask"}`` batches.
+    """Trains a segmentation network on ``{"image", "mask"}`` batches. Every default is the paper's recipe.
 
-    Network arguments (``in_channels`` ... ``input_scale``) build the U-Net; ``dropout_scale`` multiplies the
-    paper's dropout rates (0 turns dropout off). Loss arguments pick the loss by name (``focal``, ``bce``,
-    ``dice``, ``dice_focal``, ``dice_bce``); ``loss_eps`` overrides the probability clipping (0 = none; by
-    default each loss clips as Keras trains it). The optimiser is Keras' Adam step for step
-    (:class:`~lightning_bts.optim.KerasAdam`: ``lr`` 1e-3, ``adam_eps`` 1e-7 added before bias correction);
-    ``keras_adam=False`` gives torch's stock Adam. ``init_weights`` fine-tunes from a Keras weights file of the
+    Network (:func:`~lightning_bts.models.build_network`): ``arch`` ``paper_unet`` (default) is
+    :class:`~lightning_bts.models.UNet`, built from ``in_channels`` ... ``input_scale``, ``norm`` (``none``,
+    ``batch``, ``instance``, ``group``; ``batch_norm=True`` is the older spelling of ``batch``) and
+    ``deep_supervision``; ``dropout_scale`` multiplies the paper's dropout rates (0 turns dropout off). Any other
+    ``arch`` is a segmentation_models_pytorch architecture (``Unet``, ``FPN``, ...) with ``encoder``, randomly
+    initialised. Loss arguments pick the loss by name (:data:`lightning_bts.losses.LOSS_NAMES`); ``loss_eps``
+    overrides the probability clipping (0 = none; by default each loss clips as Keras trains it).
+
+    Optimiser (:func:`~lightning_bts.optim.build_optimizer`): ``optimizer`` ``keras_adam`` (default: Keras' Adam
+    step for step, ``lr`` 1e-3, ``adam_eps`` 1e-7 added before bias correction), ``adam``, ``adamw`` or ``sgd``
+    (Nesterov, ``momentum``), with ``weight_decay``; ``keras_adam=False`` is the older spelling of ``adam``.
+    Schedule (:mod:`lightning_bts.schedules`): ``warmup_epochs`` of linear warm-up (fractions allowed), then
+    ``scheduler`` ``none`` (default), ``cosine`` or ``poly`` down to ``min_lr`` exactly when the run's budget
+    (``max_epochs``/``max_steps``/``max_time``) ends, updated every step, or ``plateau`` (halve the rate after 2
+    epochs without a better ``val/dice``). ``ema_decay`` keeps an exponential moving average of the weights
+    (Lightning's ``EMAWeightAveraging``): validation, checkpoints' ``state_dict`` and the weights after
+    ``fit`` are the averaged ones (checkpoints keep the raw weights under ``current_model_state``).
+
+    ``init_weights`` fine-tunes from a Keras weights file of the
     original (``.h5``/``.keras``, e.g. a user's notebook model) or a Lightning checkpoint of this module: it is
     loaded when a fit starts fresh (a resumed fit restores its own checkpoint instead).
 
@@ -58,30 +74,41 @@ class SegmentationModule(pl.LightningModule):
         pixel_spacing_mm: Sequence[float] | None = None,
         channels_last: bool = True,
         init_weights: str | None = None,
+        arch: str = PAPER_UNET,
+        encoder: str = DEFAULT_ENCODER,
+        norm: str = "none",
+        deep_supervision: bool = False,
+        optimizer: str | None = None,
+        momentum: float = 0.99,
+        warmup_epochs: float = 0.0,
+        min_lr: float = 0.0,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
+        resolve_optimizer(optimizer, keras_adam)
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-        if dropout_scale < 0:
-            raise ValueError(f"dropout_scale must be >= 0, got {dropout_scale}")
+            raise ConfigError(f"model.scheduler: unknown schedule {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if warmup_epochs < 0:
+            raise ConfigError(f"model.warmup_epochs must be >= 0, got {warmup_epochs}")
+        if not 0 <= min_lr <= lr:
+            raise ConfigError(f"model.min_lr must be in [0, model.lr={lr}], got {min_lr}")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ConfigError(f"model.ema_decay must be in (0, 1) (e.g. 0.999) or null for none, got {ema_decay}")
         self.save_hyperparameters()
-        dropout_down, dropout_up = paper_dropout_rates(depth)
-        self.net = UNet(
-            in_channels=in_channels,
-            base_filters=base_filters,
-            depth=depth,
-            dropout_down=[min(rate * dropout_scale, 0.9) for rate in dropout_down],
-            dropout_up=[min(rate * dropout_scale, 0.9) for rate in dropout_up],
-            batch_norm=batch_norm,
-            input_scale=input_scale,
-        )
+        self.net = build_network(arch, encoder, in_channels, base_filters, depth, dropout_scale, norm, batch_norm,
+                                 input_scale, deep_supervision)
         self.loss_fn = build_loss(loss, gamma=focal_gamma, alpha=focal_alpha, eps=loss_eps)
+        if deep_supervision:
+            self.loss_fn = DeepSupervisionLoss(self.loss_fn)
         self.val_overlap = OverlapMetrics(threshold)
         self.val_hausdorff = HausdorffMetrics(threshold, pixel_spacing_mm) if hausdorff else None
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
     def setup(self, stage: str) -> None:
+        image_size = getattr(self.trainer.datamodule, "hparams", {}).get("image_size")
+        if image_size is not None:  # before any step: a size the network cannot take stops here, named
+            check_image_size(self.net, image_size, self.hparams.get("arch", PAPER_UNET))
         if stage == "fit" and self.hparams.get("init_weights") and self.trainer.ckpt_path is None:
             self.load_init_weights(self.hparams.init_weights)
         # XLA: Hausdorff runs SciPy on the host, a device sync every validation step; skip it (docs/tpu.md).
@@ -99,6 +126,9 @@ class SegmentationModule(pl.LightningModule):
         if not path.is_file():
             raise ValueError(f"init_weights: {path} is not a file (expected a .ckpt, .h5 or .keras file)")
         if path.suffix in (".h5", ".keras"):
+            if self.hparams.get("arch", PAPER_UNET) != PAPER_UNET:
+                raise ConfigError(f"init_weights: {path} holds the paper U-Net's Keras weights, but model.arch is "
+                                  f"{self.hparams.arch}")
             from lightning_bts.keras_io import load_keras_weights
 
             load_keras_weights(self.net, path)
@@ -110,19 +140,21 @@ class SegmentationModule(pl.LightningModule):
         try:
             self.net.load_state_dict(weights)
         except RuntimeError as error:
-            raise ValueError(f"init_weights: {path} does not hold this U-Net's weights "
-                             f"(in_channels={self.hparams.in_channels}, base_filters={self.hparams.base_filters}, "
-                             f"depth={self.hparams.depth}): {' '.join(str(error).split())[:300]}") from error
+            raise ValueError(f"init_weights: {path} does not hold this network's weights "
+                             f"(arch={self.hparams.get('arch', PAPER_UNET)}, in_channels={self.hparams.in_channels}, "
+                             f"base_filters={self.hparams.base_filters}, depth={self.hparams.depth}): "
+                             f"{' '.join(str(error).split())[:300]}") from error
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, 1, H, W)`` for uint8 or float images ``(N, C, H, W)`` in 0..255."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Logits ``(N, 1, H, W)`` for uint8 or float images ``(N, C, H, W)`` in 0..255 (in training with deep
+        supervision: a list, the main logits first, then the side outputs)."""
         images = images.float()
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss_fn(self(batch["image"]), batch["mask"])
+        loss = self.loss_fn(self(batch["image"]), batch["mask"])  # deep supervision: the loss takes the list
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]),
                  sync_dist=True)
         return loss
@@ -148,18 +180,25 @@ class SegmentationModule(pl.LightningModule):
         dice = scores.pop("dice")
         # Already global (torchmetrics syncs on compute); sync_dist averages equal values, which costs nothing
         # and tells Lightning these are not per-process numbers.
-        self.log("val/dice", dice, prog_bar=True, sync_dist=True)
+        self.log(MONITOR, dice, prog_bar=True, sync_dist=True)
         self.log_dict({f"val/{name}": value for name, value in scores.items()}, sync_dist=True)
 
     def configure_optimizers(self):
         hp = self.hparams
-        adam = KerasAdam if hp.get("keras_adam", True) else torch.optim.Adam
-        optimizer = adam(self.parameters(), lr=hp.lr, eps=hp.adam_eps, weight_decay=hp.weight_decay)
-        if hp.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.trainer.max_epochs, 1))
-            return {"optimizer": optimizer, "lr_scheduler": scheduler}
-        if hp.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/dice"}}
-        return optimizer
+        name = resolve_optimizer(hp.get("optimizer"), hp.get("keras_adam", True))
+        optimizer = build_optimizer(name, self.parameters(), hp.lr, hp.weight_decay, hp.adam_eps,
+                                    hp.get("momentum", 0.99))
+        warmup_epochs, min_lr = hp.get("warmup_epochs", 0.0), hp.get("min_lr", 0.0)
+        if hp.scheduler == "none" and not warmup_epochs:
+            return optimizer
+        schedulers = lightning_schedulers(optimizer, self.trainer, hp.scheduler, warmup_epochs, min_lr, MONITOR)
+        return [optimizer], schedulers
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Weight averaging (``ema_decay``): an EMA of the weights after every optimizer step."""
+        if self.hparams.get("ema_decay") is None:
+            return []
+        from pytorch_lightning.callbacks import EMAWeightAveraging
+
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
 

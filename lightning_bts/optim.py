@@ -1,4 +1,5 @@
-"""Keras' Adam, step for step, for torch: the optimiser the paper's results were trained with.
+"""Keras' Adam, step for step, for torch: the optimiser the paper's results were trained with; and the optimiser
+a config names (:func:`build_optimizer`: ``keras_adam``, ``adam``, ``adamw``, ``sgd``).
 
 Keras' Adam adds epsilon to ``sqrt(v)`` *before* bias correction,
 ``w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``, torch *after* it,
@@ -11,9 +12,12 @@ that epsilon: stock torch Adam takes visibly larger early steps (``reports/keras
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
+
+from lightning_bts.errors import ConfigError
 
 ADAM_BETA1, ADAM_BETA2 = 0.9, 0.999
 
@@ -55,3 +59,49 @@ class KerasAdam(torch.optim.Adam):
         finally:
             for group, (lr, eps) in zip(self.param_groups, saved):
                 group["lr"], group["eps"] = lr, eps
+
+
+OPTIMIZERS = ("keras_adam", "adam", "adamw", "sgd")
+
+
+def resolve_optimizer(optimizer: str | None = None, keras_adam: bool = True) -> str:
+    """The optimiser's name from ``model.optimizer`` and the older ``model.keras_adam`` flag.
+
+    ``optimizer=None`` (the default, and every checkpoint saved before the option existed) means ``keras_adam``,
+    or ``adam`` where ``keras_adam`` is false.
+
+    Raises:
+        ConfigError: an unknown name, or ``keras_adam`` chosen while ``keras_adam=False``.
+    """
+    if optimizer is None:
+        return "keras_adam" if keras_adam else "adam"
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"model.optimizer: unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if optimizer == "keras_adam" and not keras_adam:
+        raise ConfigError("model.optimizer=keras_adam contradicts model.keras_adam=false; set only model.optimizer "
+                          "(keras_adam is the older spelling)")
+    return optimizer
+
+
+def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
+                    adam_eps: float = 1e-7, momentum: float = 0.99) -> torch.optim.Optimizer:
+    """The optimiser called ``name`` (see :data:`OPTIMIZERS`).
+
+    ``keras_adam`` (:class:`KerasAdam`), ``adam`` and ``adamw`` use ``adam_eps``; ``weight_decay`` is an L2 term in
+    the gradient for ``keras_adam``, ``adam`` and ``sgd`` and decoupled (``w -= lr * weight_decay * w``) for
+    ``adamw``. ``sgd`` uses Nesterov momentum (``momentum`` 0.99 by default, as nnU-Net, which pairs it with
+    ``lr`` 0.01 and poly decay).
+
+    Raises:
+        ConfigError: an unknown name, a negative ``weight_decay``, or ``sgd`` with momentum outside (0, 1).
+    """
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"model.optimizer: unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if weight_decay < 0:
+        raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
+    if name == "sgd":
+        if not 0 < momentum < 1:
+            raise ConfigError(f"model.momentum must be in (0, 1) for SGD with Nesterov momentum, got {momentum}")
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    adam = {"keras_adam": KerasAdam, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    return adam(params, lr=lr, eps=adam_eps, weight_decay=weight_decay)

@@ -1,11 +1,17 @@
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import timer as timer_module
+from torch.utils.data import DataLoader
 
+from lightning_bts.errors import ConfigError
 from lightning_bts.module import SegmentationModule
 from lightning_bts.optim import KerasAdam
+from lightning_bts.schedules import BudgetSchedule, time_progress
 
 
 def keras_adam_update(grads: list[float], lr: float, eps: float) -> float:
@@ -65,3 +71,145 @@ def test_keras_adam_resumes_its_step_count_from_a_state_dict():
 def test_the_module_trains_with_keras_adam_unless_asked_not_to():
     assert type(SegmentationModule(base_filters=4).configure_optimizers()) is KerasAdam
     assert type(SegmentationModule(base_filters=4, keras_adam=False).configure_optimizers()) is torch.optim.Adam
+
+
+# ---- optimisers and schedules (model.optimizer, model.scheduler, model.warmup_epochs, model.min_lr) ----
+
+TINY = {"base_filters": 4, "depth": 2, "hausdorff": False, "channels_last": False}
+
+
+@pytest.mark.parametrize("name,kind", [("keras_adam", KerasAdam), ("adam", torch.optim.Adam),
+                                       ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
+def test_each_optimizer_is_built_and_takes_a_step(name, kind):
+    torch.manual_seed(0)
+    module = SegmentationModule(**TINY, optimizer=name, weight_decay=1e-4, momentum=0.9)
+    optimizer = module.configure_optimizers()
+    assert type(optimizer) is kind and optimizer.param_groups[0]["weight_decay"] == 1e-4
+    if name == "sgd":
+        assert optimizer.param_groups[0]["nesterov"] and optimizer.param_groups[0]["momentum"] == 0.9
+    before = module.net.head.weight.detach().clone()
+    batch = {"image": torch.rand(2, 3, 16, 16) * 255, "mask": (torch.rand(2, 1, 16, 16) > 0.5).float()}
+    module.loss_fn(module(batch["image"]), batch["mask"]).backward()
+    optimizer.step()
+    assert not torch.equal(before, module.net.head.weight) and torch.isfinite(module.net.head.weight).all()
+
+
+def test_old_keras_adam_flag_still_chooses_and_conflicts_are_named():
+    assert type(SegmentationModule(**TINY, keras_adam=False, optimizer=None).configure_optimizers()) is torch.optim.Adam
+    with pytest.raises(ConfigError, match="model.keras_adam"):
+        SegmentationModule(**TINY, keras_adam=False, optimizer="keras_adam")
+    with pytest.raises(ConfigError, match="adamw"):
+        SegmentationModule(**TINY, optimizer="lion")
+    with pytest.raises(ConfigError, match="model.momentum"):
+        SegmentationModule(**TINY, optimizer="sgd", momentum=0.0).configure_optimizers()
+    with pytest.raises(ConfigError, match="poly"):
+        SegmentationModule(**TINY, scheduler="step")
+    with pytest.raises(ConfigError, match="model.min_lr"):
+        SegmentationModule(**TINY, min_lr=1.0)
+
+
+def lrs_of(schedule: BudgetSchedule, steps: int) -> list[float]:
+    """The learning rate each of ``steps`` optimizer steps runs at."""
+    rates = []
+    for _ in range(steps):
+        rates.append(schedule.optimizer.param_groups[0]["lr"])
+        schedule.optimizer.step()
+        schedule.step()
+    return rates
+
+
+def schedule(kind: str, total: float, warmup: int = 0, min_lr: float = 0.0, time_spent=None) -> BudgetSchedule:
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    return BudgetSchedule(optimizer, kind, total, warmup, min_lr, time_spent)
+
+
+def test_cosine_and_poly_follow_their_formulas_and_end_at_the_last_step():
+    cosine = lrs_of(schedule("cosine", 11, min_lr=0.001), 11)
+    expected = [0.001 + 0.099 * (1 + math.cos(math.pi * i / 10)) / 2 for i in range(11)]
+    assert cosine == pytest.approx(expected, rel=1e-12) and cosine[-1] == pytest.approx(0.001, abs=1e-15)
+    poly = lrs_of(schedule("poly", 11), 11)
+    assert poly == pytest.approx([0.1 * (1 - i / 10) ** 0.9 for i in range(11)], rel=1e-12) and poly[-1] == 0
+
+
+def test_warmup_ramps_linearly_then_the_decay_takes_over():
+    rates = lrs_of(schedule("cosine", 21, warmup=4), 21)
+    decay = [0.1 * (1 + math.cos(math.pi * i / 20)) / 2 for i in range(21)]
+    assert rates[:4] == pytest.approx([decay[i] * (i + 1) / 5 for i in range(4)], rel=1e-12)
+    assert rates[4:] == pytest.approx(decay[4:], rel=1e-12) and rates[-1] == 0
+    assert lrs_of(schedule("none", math.inf, warmup=3), 6) == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+
+
+def test_plateau_keeps_its_reductions_after_the_warmup():
+    warm = schedule("plateau", math.inf, warmup=2)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(warm.optimizer, mode="max", factor=0.5, patience=0)
+    lrs_of(warm, 3)
+    plateau.step(0.5)
+    plateau.step(0.4)  # no improvement: halve
+    assert lrs_of(warm, 3) == pytest.approx([0.05] * 3)
+
+
+def test_time_progress_extrapolates_one_step_and_never_passes_one():
+    # equal steps, a budget of 10 steps: before step i, i/10 of the time is spent; step 9 must run at the end
+    assert [time_progress(i / 10, i) for i in range(10)] == pytest.approx([i / 9 for i in range(10)])
+    assert time_progress(0.99, 3) == 1.0 and time_progress(0.0, 0) == 0.0
+
+
+def test_schedule_state_saves_without_its_clock(tmp_path):
+    timed = schedule("cosine", math.inf, time_spent=lambda: 0.5)
+    lrs_of(timed, 3)
+    torch.save(timed.state_dict(), tmp_path / "s.pt")  # a closure would not pickle
+    resumed = schedule("cosine", math.inf, time_spent=lambda: 0.75)
+    resumed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=False))
+    assert resumed.last_epoch == 3 and resumed.time_spent() == 0.75
+
+
+def tiny_loader(batches: int = 3, batch_size: int = 2, size: int = 16) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    items = [{"image": torch.rand(3, size, size, generator=generator) * 255,
+              "mask": (torch.rand(1, size, size, generator=generator) > 0.7).float()}
+             for _ in range(batches * batch_size)]
+    return DataLoader(items, batch_size=batch_size)
+
+
+class RecordLR(pl.Callback):
+    """The learning rate of every optimizer step; optionally advances a fake clock by 1 s per step."""
+
+    def __init__(self, clock: list[float] | None = None) -> None:
+        self.rates: list[float] = []
+        self.clock = clock
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.clock is not None:
+            self.clock[0] += 1.0
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def fit_recording(tmp_path, module_kwargs, **trainer_kwargs) -> list[float]:
+    torch.manual_seed(0)
+    recorder = RecordLR(trainer_kwargs.pop("clock", None))
+    module = SegmentationModule(**TINY, loss="bce", lr=0.01, min_lr=1e-4, **module_kwargs)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[recorder],
+                         default_root_dir=tmp_path, **trainer_kwargs)
+    trainer.fit(module, train_dataloaders=tiny_loader())
+    assert len(recorder.rates) == trainer.global_step
+    return recorder.rates
+
+
+@pytest.mark.parametrize("kind", ["cosine", "poly"])
+@pytest.mark.parametrize("budget", [{"max_epochs": 3}, {"max_steps": 7}])
+def test_the_last_step_runs_at_the_end_value_for_epoch_and_step_budgets(tmp_path, kind, budget):
+    rates = fit_recording(tmp_path, {"scheduler": kind, "warmup_epochs": 1.0}, **budget)
+    assert len(rates) == (9 if "max_epochs" in budget else 7)
+    assert rates[0] == pytest.approx(0.01 / 4, rel=1e-6)  # one epoch = 3 steps of warm-up: 1/4, 2/4, 3/4
+    assert rates[-1] == pytest.approx(1e-4, rel=1e-9) and rates[-2] > 1e-4 * 1.5
+
+
+@pytest.mark.parametrize("kind", ["cosine", "poly"])
+def test_a_time_budget_ends_the_schedule_when_time_runs_out(tmp_path, monkeypatch, kind):
+    clock = [0.0]  # a fake clock for Lightning's Timer: 1 s per training step, no real waiting
+    monkeypatch.setattr(timer_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    rates = fit_recording(tmp_path, {"scheduler": kind}, max_epochs=-1, max_time={"seconds": 8}, clock=clock)
+    assert len(rates) == 8  # the Timer stops the run after the step that reaches 8 s
+    assert rates[-1] == pytest.approx(1e-4, rel=1e-9) and rates[-2] > 1e-4 * 1.5
+    assert rates == sorted(rates, reverse=True)
