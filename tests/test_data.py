@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from lightning_bts.data import BrainTumorDataModule, DatasetError
 from lightning_bts.data.dataset import SliceDataset
-from lightning_bts.data.transforms import seed_augmentation_worker, train_augmentation
+from lightning_bts.data.transforms import AUGMENTATIONS, seed_augmentation_worker, train_augmentation
+from lightning_bts.errors import ConfigError
 from lightning_bts.train import train
 from tests.conftest import SAMPLE_ROOT, write_dataset
 
@@ -87,8 +88,86 @@ def test_augmentation_repeats_with_the_seed_and_differs_between_loader_workers()
 
 def test_no_augmentation_at_strength_zero_and_negative_rejected():
     assert train_augmentation(0.0) is None
+    assert train_augmentation(1.0, probabilities={"rotate": 0.0}) is None
     with pytest.raises(ValueError):
         train_augmentation(-1.0)
+
+
+def tumour_slice(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.zeros((size, size), np.uint8)
+    cv2.circle(mask, (size // 2 + 5, size // 2 - 3), size // 6, 1, -1)
+    image = np.repeat((mask * 150 + 40 + np.arange(size, dtype=np.uint8)[None, :] // 4)[..., None], 3, axis=2)
+    return image.astype(np.uint8), mask
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_each_augmentation_changes_the_slice_keeps_the_mask_binary_and_aligned(name):
+    image, mask = tumour_slice()
+    augment = train_augmentation(2.0, seed=3, probabilities={name: 1.0})
+    geometric = name in ("flip", "affine", "rotate", "scale", "grid")
+    for _ in range(5):
+        out = augment(image=image, mask=mask)
+        assert out["image"].shape == image.shape and out["image"].dtype == np.uint8
+        assert set(np.unique(out["mask"]).tolist()) <= {0, 1} and out["mask"].any()
+        assert not np.array_equal(out["image"], image), f"{name} left the image unchanged"
+        if not geometric:
+            np.testing.assert_array_equal(out["mask"], mask)  # intensity transforms never touch the mask
+        else:  # the mask still covers the bright tumour in the moved image
+            bright = out["image"][..., 0] > 150
+            assert (bright == out["mask"].astype(bool)).mean() > 0.95
+
+
+def test_augmentation_probabilities_apply_and_repeat_with_the_seed():
+    image, mask = tumour_slice()
+    probabilities = {"rotate": 0.3, "scale": 0.3, "grid": 0.2, "gamma": 0.3, "noise": 0.2, "blur": 0.2,
+                     "brightness_contrast": 0.3, "flip": 0.5}
+
+    def outputs(seed: int) -> list[np.ndarray]:
+        augment = train_augmentation(1.0, seed=seed, probabilities=probabilities)
+        return [augment(image=image, mask=mask)["image"] for _ in range(30)]
+
+    first, again, other = outputs(1), outputs(1), outputs(2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    unchanged = sum(np.array_equal(out, image) for out in first)
+    assert 0 < unchanged < 30  # p < 1 for each: some slices pass untouched (all skipped: ~0.05), most do not
+    rare = train_augmentation(1.0, seed=1, probabilities={"rotate": 0.1})
+    assert sum(np.array_equal(rare(image=image, mask=mask)["image"], image) for _ in range(100)) > 75
+
+
+def test_default_pipeline_is_the_one_before_the_augmentation_option():
+    """Same seed, same draws as the pipeline every earlier run trained with (flip, affine, brightness/contrast)."""
+    import albumentations as A
+
+    before = A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), interpolation=cv2.INTER_LINEAR,
+                 mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+    ], seed=7)
+    now = train_augmentation(1.0, seed=7)
+    image, mask = tumour_slice()
+    for _ in range(10):
+        a, b = before(image=image, mask=mask), now(image=image, mask=mask)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["mask"], b["mask"])
+
+
+def test_datamodule_uses_the_configured_augmentation_and_refuses_unknown_names():
+    torch.manual_seed(0)
+    dm = BrainTumorDataModule(SAMPLE_ROOT, image_size=32, num_workers=0, batch_size=4,
+                              augmentation={"grid": 1.0, "gamma": 0.5})
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    names = [type(t).__name__ for t in loader.dataset.augmentation.transforms]
+    assert names == ["GridDistortion", "RandomGamma"]
+    assert set(next(iter(loader))["mask"].unique().tolist()) <= {0, 1}
+    with pytest.raises(ConfigError, match="elastic.*choose from.*grid"):
+        BrainTumorDataModule(SAMPLE_ROOT, augmentation={"elastic": 0.2})
+    with pytest.raises(ConfigError, match="data.augmentation.rotate"):
+        BrainTumorDataModule(SAMPLE_ROOT, augmentation={"rotate": 1.5})
+    with pytest.raises(ConfigError, match="data.augment"):
+        BrainTumorDataModule(SAMPLE_ROOT, augment=-1)
 
 
 def test_preprocessing_is_cached_on_disk_and_reused(tmp_path):

@@ -15,7 +15,8 @@ from lightning_bts.data.preprocess import PreprocessedSlices, preprocess_dataset
 from lightning_bts.data.records import DatasetError, load_records
 from lightning_bts.data.skull_strip import SKULL_STRIP_METHODS
 from lightning_bts.data.splits import FoldSplit, make_split
-from lightning_bts.data.transforms import seed_augmentation_worker, train_augmentation
+from lightning_bts.data.transforms import check_probabilities, seed_augmentation_worker, train_augmentation
+from lightning_bts.errors import ConfigError
 
 DEFAULT_ROOT = "data/sample"
 
@@ -36,6 +37,9 @@ class BrainTumorDataModule(pl.LightningDataModule):
         num_workers: loader processes; 0 loads in the main process.
         augment: augmentation strength for training (0 = off); see :mod:`lightning_bts.data.transforms`.
         cache_dir: where preprocessed arrays are cached across runs (``None``: memory only).
+        augmentation: which training transforms run and their probabilities, e.g. ``{"flip": 0.5,
+            "rotate": 0.3, "grid": 0.2, "gamma": 0.3}`` (names: :data:`~lightning_bts.data.transforms.AUGMENTATIONS`);
+            ``None``: the default pipeline (flip, mild affine, brightness/contrast, each at 0.5).
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         augment: float = 1.0,
         cache_dir: str | None = None,
+        augmentation: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
@@ -62,6 +67,10 @@ class BrainTumorDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown skull_strip {skull_strip!r}; choose one of {', '.join(SKULL_STRIP_METHODS)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if augment < 0:
+            raise ConfigError(f"data.augment: augmentation strength must be >= 0, got {augment}")
+        if augmentation is not None:
+            check_probabilities(augmentation)
         self.save_hyperparameters()
         self.records: pd.DataFrame | None = None
         self.data: PreprocessedSlices | None = None
@@ -100,7 +109,8 @@ class BrainTumorDataModule(pl.LightningDataModule):
         hp = self.hparams
         augmentation = None
         if train:  # seeded from torch's generator, which seed_everything set (see data/transforms.py)
-            augmentation = train_augmentation(hp.augment, seed=int(torch.randint(2**31, ()).item()))
+            augmentation = train_augmentation(hp.augment, seed=int(torch.randint(2**31, ()).item()),
+                                              probabilities=hp.get("augmentation"))
         dataset = SliceDataset(self.data, self.indices(part), augmentation)
         return DataLoader(
             dataset,
