@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 
+from lightning_bts.data import BrainTumorDataModule
 from lightning_bts.evaluation.data import evaluation_data, iterate_slices
 from lightning_bts.evaluation.postprocess import PostProcessing, most_probable_component
 from lightning_bts.evaluation.predictor import Predictor, to_original_size
@@ -126,6 +127,24 @@ def choose(dice: dict[Candidate, float], min_gain: float = 0.0) -> tuple[Candida
     return current, history
 
 
+def validation_dice(pairs: Sequence[tuple[Predictor, BrainTumorDataModule]]) -> tuple[dict[Candidate, float], int]:
+    """Pooled Dice of every :func:`candidate_grid` combination over the validation slices of each
+    (predictor, data module) pair, at each slice's original size; and the number of slices."""
+    grid = candidate_grid()
+    totals = np.zeros((len(grid), 3), dtype=np.int64)
+    n_images = 0
+    for predictor, datamodule in pairs:
+        plain = predictor.with_tta(False)
+        for item in iterate_slices([plain, plain.with_tta(True)], datamodule, "val"):
+            counters = {tta: SliceCounter(to_original_size(p, item.mask.shape), item.mask)
+                        for tta, p in zip((False, True), item.probabilities)}
+            totals += np.array([counters[c.tta].counts(c.rule) for c in grid], dtype=np.int64)
+            n_images += 1
+    tp, fp, fn = totals.T.astype(np.float64)
+    scores = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
+    return dict(zip(grid, scores.tolist())), n_images
+
+
 def select_postprocessing(
     paths: Sequence[str | Path],
     device: str | torch.device = "auto",
@@ -145,25 +164,17 @@ def select_postprocessing(
         DatasetError: the data folder is missing or its validation part is empty.
     """
     base = Predictor.from_checkpoints(paths, device, precision, tta=False, postprocessing=PostProcessing())
-    grid = candidate_grid()
-    totals = np.zeros((len(grid), 3), dtype=np.int64)
     folds: dict[Any, list[int]] = {}
     for member, info in enumerate(base.sources):
         folds.setdefault(info.data.get("fold"), []).append(member)
-    n_images, roots = 0, []
+    pairs = []
     for members in folds.values():
         group = Predictor([base.models[i] for i in members], base.preprocessing, base.device, False, precision,
                           sources=[base.sources[i] for i in members])
         datamodule, _ = evaluation_data(group.sources, part="val", batch_size=batch_size, cache_dir=cache_dir)
-        roots.append(str(datamodule.hparams.root))
-        for item in iterate_slices([group, group.with_tta(True)], datamodule, "val"):
-            counters = {tta: SliceCounter(to_original_size(p, item.mask.shape), item.mask)
-                        for tta, p in zip((False, True), item.probabilities)}
-            totals += np.array([counters[c.tta].counts(c.rule) for c in grid], dtype=np.int64)
-            n_images += 1
-    tp, fp, fn = totals.T.astype(np.float64)
-    scores = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
-    dice = dict(zip(grid, scores.tolist()))
+        pairs.append((group, datamodule))
+    dice, n_images = validation_dice(pairs)
+    roots = [str(datamodule.hparams.root) for _, datamodule in pairs]
     chosen, stages = choose(dice, min_gain)
     settings = InferenceSettings(chosen.rule, chosen.tta, "checkpoint")
     record = {
