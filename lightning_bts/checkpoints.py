@@ -24,7 +24,9 @@ from lightning_bts.errors import UserError
 from lightning_bts.module import SegmentationModule
 
 PREPROCESSING_KEYS = ("image_size", "in_channels", "skull_strip")
-WEIGHT_KEYS = ("state_dict", "optimizer_states")  # large entries that CheckpointInfo.extra leaves out
+# Large entries CheckpointInfo.extra leaves out; with weight averaging (EMA) Lightning stores the averaged
+# weights as state_dict (what evaluation uses) and the raw ones as current_model_state.
+WEIGHT_KEYS = ("state_dict", "optimizer_states", "current_model_state", "averaging_state")
 
 
 class CheckpointError(UserError):
