@@ -7,8 +7,11 @@ matching ``--trainer.*`` options; ``--ckpt_path`` resumes a run.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,9 +19,11 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from lightning_bts.console import RunHeader, quiet_lightning, tensorboard_without_tensorflow
 from lightning_bts.data import BrainTumorDataModule
 from lightning_bts.module import SegmentationModule
-from lightning_bts.xla import register_xla_accelerator, xla_trainer_overrides
+from lightning_bts.preview import ValidationPreview
+from lightning_bts.xla import register_xla_accelerator, skip_tpu_probe_without_tpu_chips, xla_trainer_overrides
 
 MONITOR = "val/dice"
 SHORTCUTS = ("accelerator", "devices", "precision")
@@ -50,8 +55,12 @@ class BTSCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] = (),
                  trainer_overrides: Mapping[str, Any] | None = None) -> None:
         self.extra_callbacks = list(extra_callbacks)
+        self.claimed_run_dir: Path | None = None  # the run folder this CLI created (see claim_run_dir)
         self.trainer_overrides = dict(trainer_overrides or {})
         register_xla_accelerator()  # --accelerator xla: torch_xla on any PJRT device (lightning_bts.xla)
+        skip_tpu_probe_without_tpu_chips()  # no torch_xla import in a run that does not use it
+        quiet_lightning()
+        tensorboard_without_tensorflow()
         super().__init__(
             SegmentationModule,
             BrainTumorDataModule,
@@ -77,11 +86,16 @@ class BTSCLI(LightningCLI):
                             help="Shortcut for --trainer.precision. Default: bf16-mixed on a CPU with native bf16, "
                             "else 32-true.")
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="Checkpoint to resume training from.")
-        parser.add_argument("--output_dir", type=str, default="runs",
+        parser.add_argument("--output_dir", type=str | None, default=None,
                             help="Where runs go: OUTPUT_DIR/RUN_NAME/VERSION/ holds checkpoints, TensorBoard and CSV "
-                            "logs, config.yaml and splits.json.")
+                            "logs, config.yaml and splits.json. Default: --trainer.default_root_dir if given, else "
+                            "runs.")
         parser.add_argument("--run_name", type=str | None, default=None, help="Default: <loss>_fold<fold>.")
-        parser.add_argument("--version", type=str | None, default=None, help="Default: a timestamp.")
+        parser.add_argument("--preview_slices", type=int, default=4,
+                            help="Validation slices drawn with their true and predicted outlines into "
+                            "validation_preview.png when the run ends (0: no picture).")
+        parser.add_argument("--version", type=str | None, default=None,
+                            help="Default: a timestamp, with -2, -3, ... when another run already took it.")
         # The no-argument run: a few CPU minutes on the sample (configs/quick_cpu.yaml says why Dice + BCE).
         parser.set_defaults(
             {
@@ -103,17 +117,31 @@ class BTSCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         config = self.config
         if config.trainer.get("logger") in (None, True):
+            root = Path(config.output_dir or config.trainer.get("default_root_dir") or "runs")
             name = config.run_name or f"{config.model.loss}_fold{config.data.fold}"
-            version = config.version or time.strftime("%Y%m%d-%H%M%S")
+            if config.version is None:
+                self.claimed_run_dir = claim_run_dir(root / name, time.strftime("%Y%m%d-%H%M%S"))
+            version = config.version or self.claimed_run_dir.name
             kwargs["logger"] = [
-                TensorBoardLogger(config.output_dir, name=name, version=version, default_hp_metric=False),
-                CSVLogger(config.output_dir, name=name, version=version),
+                TensorBoardLogger(root, name=name, version=version, default_hp_metric=False),
+                CSVLogger(root, name=name, version=version),
             ]
         xla_kwargs, xla_callbacks = xla_trainer_overrides(config.trainer.get("accelerator"))  # {}, [] off XLA
         kwargs.update(xla_kwargs)
         kwargs.update(self.trainer_overrides)
-        self.extra_callbacks += xla_callbacks
+        self.extra_callbacks += xla_callbacks + [RunHeader(), ValidationPreview(config.preview_slices)]
+        # One example image lets the model summary count FLOPs (its column reads 0 without one).
+        data = config.data
+        self.model.example_input_array = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
         return super().instantiate_trainer(**kwargs)
+
+    def release_run_dir(self) -> None:
+        """Remove the run folder this CLI claimed while it is still empty (the run stopped before writing)."""
+        if self.claimed_run_dir is not None and self.claimed_run_dir.is_dir() and not any(
+                self.claimed_run_dir.iterdir()):
+            self.claimed_run_dir.rmdir()
+            with contextlib.suppress(OSError):  # the run-name folder too, unless other runs live there
+                self.claimed_run_dir.parent.rmdir()
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
         if config.get("enable_checkpointing") is not False and not _has(config.get("callbacks"), ModelCheckpoint):
@@ -121,6 +149,23 @@ class BTSCLI(LightningCLI):
         if config.get("logger") is not False and not _has(config.get("callbacks"), LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         return super()._instantiate_trainer(config, callbacks + self.extra_callbacks)
+
+
+def claim_run_dir(parent: Path, version: str) -> Path:
+    """Create and return ``parent/version``, or ``parent/version-2``, ``-3``, ... if another run holds it.
+
+    ``mkdir`` without ``exist_ok`` is atomic, so runs started in the same second (folds launched side by side)
+    each get a folder of their own instead of mixing logs and checkpoints.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in itertools.count(1):
+        folder = parent / (version if attempt == 1 else f"{version}-{attempt}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def default_checkpoints() -> list[ModelCheckpoint]:

@@ -41,6 +41,7 @@ import pandas as pd
 import yaml
 from pytorch_lightning.callbacks import Callback
 
+from lightning_bts.errors import UserError
 from lightning_bts.evaluation import (
     PRECISIONS,
     evaluate_checkpoints,
@@ -60,7 +61,7 @@ RESERVED = ("--data.fold", "--data.num_folds", "--model.loss", "--run_name", "--
 PROTOCOL_KEYS = ("train_args", "num_folds", "threshold", "eval_precision")
 
 
-class CVError(ValueError):
+class CVError(UserError):
     """The cross-validation cannot run or resume as asked; the message says why."""
 
 

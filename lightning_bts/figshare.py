@@ -35,6 +35,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from lightning_bts.errors import UserError
+
 ARTICLE_ID = 1512427
 DOI = "10.6084/m9.figshare.1512427"
 API_URL = f"https://api.figshare.com/v2/articles/{ARTICLE_ID}"
@@ -60,7 +62,7 @@ USER_AGENT = "lightning_bts-prepare_figshare (python urllib)"
 Log = Callable[[str], None]
 
 
-class FigshareError(ValueError):
+class FigshareError(UserError):
     """The release files are missing, malformed or cannot be downloaded; the message names the file."""
 
 

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_bts.errors import UserError
 from lightning_bts.models.unet import UNet
 
 CONV = "Conv2D"
@@ -61,7 +62,7 @@ _KERAS3_GROUP_CLASS = {"conv2d": CONV, "conv2d_transpose": CONV_TRANSPOSE}
 _CLASS_GROUP = {cls: group for group, cls in _KERAS3_GROUP_CLASS.items()}
 
 
-class KerasWeightsError(ValueError):
+class KerasWeightsError(UserError):
     """A Keras file does not hold the original U-Net's weights; the message names the file and the layer."""
 
 
@@ -130,12 +131,12 @@ def read_keras_layers(path: str | Path) -> list[KerasLayer]:
     Accepts ``.keras``, ``.weights.h5`` and legacy ``.h5`` files (see the module docstring).
 
     Raises:
-        FileNotFoundError: no such file.
+        KerasWeightsError: no such file.
         KerasWeightsError: not a Keras model/weights file, or it holds layers the original does not have.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Keras file {path} does not exist")
+        raise KerasWeightsError(f"Keras file {path} does not exist")
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             if "model.weights.h5" not in archive.namelist():

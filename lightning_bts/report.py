@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 from lightning_bts.cv import collect, run_name  # noqa: E402
 from lightning_bts.data.preprocess import preprocess_slice  # noqa: E402
 from lightning_bts.data.records import load_records  # noqa: E402
+from lightning_bts.errors import UserError  # noqa: E402
 from lightning_bts.evaluation import load_predictions, write_files_atomically  # noqa: E402
 from lightning_bts.stats import paired_t_test, summarize, wilcoxon_signed_rank  # noqa: E402
 
@@ -325,7 +326,7 @@ def build_report(out_dir: str | Path) -> Path:
     """Write the report files into ``out_dir`` (a :mod:`lightning_bts.cv` results folder); returns report.md."""
     out_dir = Path(out_dir)
     if not (out_dir / "protocol.json").is_file():
-        raise FileNotFoundError(f"{out_dir} is not a cross-validation results folder (no protocol.json)")
+        raise UserError(f"{out_dir} is not a cross-validation results folder (no protocol.json)")
     data = _load(out_dir)
     losses = data["losses"]
     summary = summary_table(data["folds"], losses)

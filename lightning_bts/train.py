@@ -10,6 +10,7 @@ from typing import Any
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from lightning_bts.cli import BTSCLI, MONITOR
+from lightning_bts.preview import ValidationPreview
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class TrainResult:
     log_dir: Path
     last_checkpoint: Path | None
     best_checkpoint: Path | None
+    preview: Path | None = None  # validation_preview.png (lightning_bts.preview), if one was drawn
 
 
 def train(args: Sequence[str] | None = None, callbacks: Sequence[Callback] = (),
@@ -30,15 +32,21 @@ def train(args: Sequence[str] | None = None, callbacks: Sequence[Callback] = (),
     ``trainer_overrides`` are Trainer arguments that win over the config (see :class:`BTSCLI`).
     """
     cli = BTSCLI(args=args, extra_callbacks=callbacks, trainer_overrides=trainer_overrides)
-    cli.datamodule.load()
+    try:
+        cli.datamodule.load()
+    except Exception:
+        cli.release_run_dir()  # bad data leaves no run folder behind
+        raise
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     checkpoints = [cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint)]
     last = next((cb.best_model_path for cb in checkpoints if cb.monitor is None and cb.best_model_path), None)
     best = next((cb.best_model_path for cb in checkpoints if cb.monitor == MONITOR and cb.best_model_path), None)
     metrics = {name: float(value) for name, value in cli.trainer.callback_metrics.items()}
+    preview = next((cb.path for cb in cli.trainer.callbacks if isinstance(cb, ValidationPreview)), None)
     return TrainResult(
         metrics=metrics,
         log_dir=Path(cli.trainer.log_dir),
         last_checkpoint=Path(last) if last else None,
         best_checkpoint=Path(best) if best else None,
+        preview=preview,
     )

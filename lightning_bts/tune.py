@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from lightning_bts.cli import BTSCLI
+from lightning_bts.errors import UserError
 from lightning_bts.losses import LOSS_NAMES
 
 METRIC = "val_dice"  # Tune's name for Lightning's val/dice
@@ -69,7 +70,7 @@ TUNABLE: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-class TuneSetupError(ValueError):
+class TuneSetupError(UserError):
     """Bad sweep input, found before any trial started."""
 
 

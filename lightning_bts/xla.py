@@ -32,9 +32,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.accelerators.xla import XLAAccelerator as FabricXLAAccelerator
 from pytorch_lightning.accelerators import AcceleratorRegistry
 from pytorch_lightning.accelerators.xla import XLAAccelerator
 from pytorch_lightning.callbacks import Callback
+
+from lightning_bts.errors import ConfigError
 
 XLA_NAME = "xla"
 XLA_ACCELERATORS = ("tpu", XLA_NAME)  # accelerator names that run on XLA
@@ -96,7 +99,7 @@ class PJRTAccelerator(XLAAccelerator):
             return parsed
         if isinstance(parsed, (list, tuple)) and len(parsed) == 1 and 0 <= int(parsed[0]) < count:
             return [int(parsed[0])]
-        raise ValueError(
+        raise ConfigError(
             f"devices={devices!r} is not valid for XLA ({os.environ.get('PJRT_DEVICE', 'PJRT_DEVICE unset')}, "
             f"{count} device(s)): expected 1, {count} ('auto') or a single index [0..{count - 1}]"
         )
@@ -115,6 +118,37 @@ class PJRTAccelerator(XLAAccelerator):
     @classmethod
     def register_accelerators(cls, accelerator_registry: Any) -> None:
         accelerator_registry.register(cls.name(), cls, description=cls.__name__)
+
+
+GOOGLE_PCI_VENDOR = "0x1ae0"  # how torch_xla itself finds TPU chips (torch_xla._internal.tpu)
+
+
+def tpu_chips_on_pci_bus() -> int:
+    """Google devices on this host's PCI bus: every TPU chip is one; 0 on any machine without a TPU."""
+    chips = 0
+    for vendor in Path("/sys/bus/pci/devices").glob("*/vendor"):
+        try:
+            chips += vendor.read_text().strip() == GOOGLE_PCI_VENDOR
+        except OSError:
+            continue
+    return chips
+
+
+def skip_tpu_probe_without_tpu_chips() -> None:
+    """Let Lightning learn "no TPU" without importing torch_xla, on hosts with no TPU chip.
+
+    Every Trainer asks Lightning's ``XLAAccelerator.is_available()`` (for its "TPU available" line and for
+    ``accelerator="auto"``), and Lightning answers by importing torch_xla whenever it is installed: seconds of
+    start-up and warnings about TensorFlow and PJRT_DEVICE in a run that never uses XLA. torch_xla counts TPU
+    chips on the PCI bus, so where there are none its answer is known to be False. ``--accelerator xla`` is not
+    affected: :class:`PJRTAccelerator` answers for itself.
+    """
+    if tpu_chips_on_pci_bus() == 0:
+        FabricXLAAccelerator.is_available = staticmethod(_no_tpu)  # Lightning's XLAAccelerator inherits it
+
+
+def _no_tpu() -> bool:
+    return False
 
 
 def register_xla_accelerator() -> None:

@@ -4,6 +4,7 @@
 """
 
 from lightning_bts.cv import main
+from lightning_bts.errors import run_main
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

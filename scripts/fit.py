@@ -4,6 +4,7 @@
     python scripts/fit.py --config configs/paper_focal.yaml --data.root ../shared/data/figshare_brain_tumor
 """
 
+from lightning_bts.errors import run_main
 from lightning_bts.train import train
 
 
@@ -13,7 +14,9 @@ def main() -> None:
     print(f"\nfinal val/dice (pooled): {dice:.4f}" if dice is not None else "\nno validation metrics logged")
     print(f"logs (TensorBoard, CSV metrics.csv, config.yaml, splits.json): {result.log_dir}")
     print(f"checkpoints: last {result.last_checkpoint}, best by val/dice {result.best_checkpoint}")
+    if result.preview is not None:
+        print(f"validation slices, true (green) and predicted (red) outlines: {result.preview}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

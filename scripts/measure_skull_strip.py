@@ -19,6 +19,7 @@ import pandas as pd
 
 from lightning_bts.data.retention import SUBSTANTIAL_LOSS, measure_retention, summarize
 from lightning_bts.data.skull_strip import MIN_COMPONENT_SHARE, SAFE_MARGIN_FRACTION, SKULL_STRIP_METHODS
+from lightning_bts.errors import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "figshare_brain_tumor"
@@ -116,4 +117,4 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

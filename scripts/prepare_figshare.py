@@ -13,9 +13,9 @@ Or let the script download them first (about 900 MB, kept in --cache for a rerun
 from __future__ import annotations
 
 import argparse
-import sys
 
-from lightning_bts.figshare import FigshareError, convert, download, summarize
+from lightning_bts.errors import run_main
+from lightning_bts.figshare import convert, download, summarize
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,16 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--download needs --cache DIR")
     if args.cache and not args.download:
         parser.error("--cache is only used with --download")
-    try:
-        sources = download(args.cache, log=print) if args.download else args.source
-        table = convert(sources, args.out, overwrite=args.overwrite, log=print)
-    except FigshareError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    sources = download(args.cache, log=print) if args.download else args.source
+    table = convert(sources, args.out, overwrite=args.overwrite, log=print)  # FigshareError: run_main reports it
     print(summarize(table))
     print(f"-> {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

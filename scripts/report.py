@@ -3,7 +3,8 @@
     python scripts/report.py reports/cv_figshare
 """
 
+from lightning_bts.errors import run_main
 from lightning_bts.report import main
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

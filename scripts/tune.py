@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lightning_bts.errors import run_main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -61,22 +63,18 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, train_args = parse(sys.argv[1:] if argv is None else argv)
-    from lightning_bts.tune import Resources, SweepSettings, TuneSetupError, load_space, run_sweep
+    from lightning_bts.tune import Resources, SweepSettings, load_space, run_sweep
 
-    try:
-        settings = SweepSettings(
-            configs=args.config, space=load_space(args.space), output_dir=args.output_dir, name=args.name,
-            train_args=train_args, num_samples=args.num_samples, cv=args.cv, search=args.search,
-            scheduler=args.scheduler,
-            resources=Resources(args.cpus_per_trial, args.gpus_per_trial, args.tpus_per_trial),
-            workers_per_trial=args.workers_per_trial,
-            accelerator=args.accelerator, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-            resume=args.resume, seed=args.seed, trial_env=dict(item.split("=", 1) for item in args.env),
-            address=args.address, num_cpus=args.num_cpus, connect_timeout_s=args.connect_timeout)
-        result = run_sweep(settings)
-    except TuneSetupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    settings = SweepSettings(
+        configs=args.config, space=load_space(args.space), output_dir=args.output_dir, name=args.name,
+        train_args=train_args, num_samples=args.num_samples, cv=args.cv, search=args.search,
+        scheduler=args.scheduler,
+        resources=Resources(args.cpus_per_trial, args.gpus_per_trial, args.tpus_per_trial),
+        workers_per_trial=args.workers_per_trial,
+        accelerator=args.accelerator, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        resume=args.resume, seed=args.seed, trial_env=dict(item.split("=", 1) for item in args.env),
+        address=args.address, num_cpus=args.num_cpus, connect_timeout_s=args.connect_timeout)
+    result = run_sweep(settings)  # a TuneSetupError (bad input) becomes "error: ..." and exit 2 (run_main)
     print(f"\ntrials: {result.trials_csv} and {result.trials_md}")
     if result.best_config:
         print(f"best val/dice {result.best_metrics.get('val_dice'):.4f} with {result.best_overrides}")
@@ -89,4 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

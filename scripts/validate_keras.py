@@ -18,6 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from lightning_bts.errors import run_main
 from lightning_bts.keras_parity import ParityConfig, run_parity
 
 
@@ -77,4 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

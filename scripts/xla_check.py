@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lightning_bts.errors import run_main
 from lightning_bts.xla import run_xla_check, xla_check_args
 
 
@@ -38,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

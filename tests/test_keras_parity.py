@@ -173,7 +173,7 @@ def test_refusals_name_the_problem(tmp_path):
         keras_io.read_keras_layers(other)
     with pytest.raises(ValueError, match=r"\.weights\.h5"):
         keras_io.export_keras_weights(UNet(depth=1, base_filters=2), tmp_path / "x.h5")
-    with pytest.raises(FileNotFoundError, match="missing.keras"):
+    with pytest.raises(KerasWeightsError, match="missing.keras"):
         keras_io.read_keras_layers(tmp_path / "missing.keras")
 
 
@@ -255,11 +255,13 @@ def one_torch_thread():
 
 
 # Measured for this configuration (32x32, 8 base filters, 4 slices, batch 2, 20 steps, seeds 0-3, both losses):
-# Keras vs torch with KerasAdam <= 4e-6 relative; stock torch Adam 0.14..0.22; clipped BCE 0.18..0.86.
-# 1e-3 sits two orders of magnitude from both. (At 64x64 and above, ReLU/max-pool switches and loss spikes let
-# rounding grow to 1e-2..2e-1 within 20 steps, for two torch runs too; reports/keras_parity.md measures that
-# noise floor and checks against it, see Tolerances.)
-TRAJECTORY_TOL = 1e-3
+# Keras vs torch with KerasAdam within 4e-6 relative over all 20 steps on an Intel Xeon (AVX-512), but up to
+# 3.3e-3 by step 20 on an AMD EPYC (AVX2, other float summation order): rounding differences grow once ReLU and
+# max-pool switches flip, as reports/keras_parity.md measures for larger images. Stock torch Adam departs by
+# 0.14..0.22, clipped BCE by 0.18..0.86. So the first steps are held to rounding (the step rule itself) and
+# the whole trajectory to a bound that any machine's rounding stays under and the wrong optimiser does not.
+EARLY_STEPS, EARLY_TOL = 5, 1e-5
+TRAJECTORY_TOL = 1e-2
 
 
 @pytest.mark.parametrize("loss", ["focal", "bce"])
@@ -283,8 +285,9 @@ def test_twenty_step_training_trajectory(loss, keras_reference, tmp_path, one_to
                                        keras_adam=keras_adam, loss_eps=0.0 if loss == "bce" else 1e-7)
     matched = np.abs(runs[True] - keras_losses) / keras_losses
     stock = np.abs(runs[False] - keras_losses) / keras_losses
+    assert matched[:EARLY_STEPS].max() <= EARLY_TOL, matched
     assert matched.max() <= TRAJECTORY_TOL, matched
-    assert stock.max() > 10 * TRAJECTORY_TOL, stock
+    assert stock.max() > 5 * TRAJECTORY_TOL, stock
     assert keras_losses[-1] < 0.5 * keras_losses[0]  # it did train
 
 

@@ -18,11 +18,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from lightning_bts.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 REQUIRED_COLUMNS = ("image", "mask", "patient_group")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset folder or file is not what the pipeline expects; the message names it."""
 
 

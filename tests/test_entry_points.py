@@ -1,0 +1,62 @@
+"""Every script in scripts/ reports a user's mistake the same way: ``error: <message>`` and exit code 2, no traceback.
+
+Each case is a real mistake a user makes (a missing file, a folder that is not a dataset, an option value that
+cannot work), run as a subprocess exactly as a user runs the script.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    missing = tmp / "missing"
+    return {
+        "fit": (["--data.root", str(missing), "--output_dir", str(tmp / "runs")], str(missing)),
+        "fit_bad_fold": (["--data.fold", "9", "--output_dir", str(tmp / "runs")], "fold 9 is out of range"),
+        "cv": (["--out", str(tmp / "cv"), "--data.root", str(missing), "--trainer.max_epochs", "1"], str(missing)),
+        "evaluate": (["--ckpt", str(tmp / "missing.ckpt"), "--out", str(tmp / "eval")], "missing.ckpt"),
+        "predict": (["--ckpt", str(tmp / "missing.ckpt"), "--input", str(REPO / "data/sample/images"),
+                     "--output", str(tmp / "pred")], "missing.ckpt"),
+        "export": (["--ckpt", str(tmp / "missing.ckpt"), "--output", str(tmp / "m.onnx")], "missing.ckpt"),
+        "select_postprocessing": (["--ckpt", str(tmp / "missing.ckpt")], "missing.ckpt"),
+        "report": ([str(missing)], "not a cross-validation results folder"),
+        "tune": (["--config", str(REPO / "configs/quick_cpu.yaml"), "--space", str(tmp / "missing.yaml"),
+                  "--output-dir", str(tmp / "tune")], "missing.yaml"),
+        "prepare_figshare": (["--source", str(missing), "--out", str(tmp / "out")], str(missing)),
+        "measure_skull_strip": (["--data-root", str(missing), "--out", str(tmp / "r.md")], str(missing)),
+        "validate_keras": (["--data", str(missing), "--out", str(tmp / "k.md")], str(missing)),
+        "xla_check": (["--devices", "7", "--epochs", "1", "--output_dir", str(tmp / "xla")], "devices=7 is not valid"),
+    }
+
+
+CASES = sorted(_cases(Path("/x")))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_user_error_prints_one_line_and_exits_2(case, tmp_path):
+    args, expected = _cases(tmp_path)[case]
+    script = case.removesuffix("_bad_fold")
+    env_extra = {"PJRT_DEVICE": "CPU"} if script == "xla_check" else {}
+    completed = subprocess.run([sys.executable, f"scripts/{script}.py", *args], cwd=REPO, capture_output=True,
+                               text=True, timeout=300, env={**os.environ, **env_extra})
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, completed.stderr[-3000:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_an_internal_bug_keeps_its_traceback(tmp_path):
+    code = ("from lightning_bts.errors import run_main\n"
+            "def main():\n    raise KeyError('a bug')\n"
+            "run_main(main)\n")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 1 and "Traceback" in completed.stderr and "KeyError" in completed.stderr
