@@ -108,7 +108,7 @@ class SegmentationModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         image_size = getattr(self.trainer.datamodule, "hparams", {}).get("image_size")
         if image_size is not None:  # before any step: a size the network cannot take stops here, named
-            check_image_size(self.net, image_size, self.hparams.get("arch", PAPER_UNET))
+            check_image_size(self.net, image_size, self.hparams.get("arch", PAPER_UNET), self.hparams.in_channels)
         if stage == "fit" and self.hparams.get("init_weights") and self.trainer.ckpt_path is None:
             self.load_init_weights(self.hparams.init_weights)
         # XLA: Hausdorff runs SciPy on the host, a device sync every validation step; skip it (docs/tpu.md).

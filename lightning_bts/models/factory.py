@@ -126,11 +126,15 @@ def build_network(
     return InputScaled(net, input_scale)
 
 
-def check_image_size(net: nn.Module, image_size: int, arch: str = PAPER_UNET) -> None:
+def check_image_size(net: nn.Module, image_size: int, arch: str = PAPER_UNET, in_channels: int = 3) -> None:
     """Refuse an ``image_size`` the network cannot take, before any training step.
 
+    The paper's U-Net needs a multiple of ``2**depth``. An smp network is asked first with smp's own check (a
+    multiple of its encoder's output stride), then with one forward pass of a blank image in eval mode, which
+    catches the rest (PAN, for one, needs at least 128x128 with a stride-32 encoder).
+
     Raises:
-        ConfigError: the message names ``data.image_size``, ``model.arch`` and the sizes that work.
+        ConfigError: the message names ``data.image_size``, ``model.arch`` and what went wrong.
     """
     if isinstance(net, UNet):
         multiple = 2**net.depth
@@ -140,11 +144,20 @@ def check_image_size(net: nn.Module, image_size: int, arch: str = PAPER_UNET) ->
         return
     inner = net.net if isinstance(net, InputScaled) else net
     check = getattr(inner, "check_input_shape", None)
-    if check is None:
-        return
+    if check is not None:
+        try:
+            check(torch.empty(1, 1, image_size, image_size))  # smp's own check reads only the shape
+        except RuntimeError as error:
+            stride = getattr(getattr(inner, "encoder", None), "output_stride", None)
+            raise ConfigError(f"data.image_size={image_size} does not suit model.arch={arch}: the size must be a "
+                              f"multiple of {stride} (its encoder's output stride). smp says: {error}") from error
+    training = net.training
     try:
-        check(torch.empty(1, 1, image_size, image_size))  # smp's own check reads only the shape
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, in_channels, image_size, image_size))
     except RuntimeError as error:
-        stride = getattr(getattr(inner, "encoder", None), "output_stride", None)
-        raise ConfigError(f"data.image_size={image_size} does not suit model.arch={arch}: the size must be a "
-                          f"multiple of {stride} (its encoder's output stride). smp says: {error}") from error
+        raise ConfigError(f"data.image_size={image_size} is too small or otherwise unfit for model.arch={arch}: a "
+                          f"blank {image_size}x{image_size} image fails in its forward pass ({error}); try a larger "
+                          "data.image_size") from error
+    finally:
+        net.train(training)
