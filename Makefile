@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine with only Python 3.10+:
 #   make run    - build .venv, then train on the shipped sample (a few minutes on CPU)
 #   make test   - build .venv, then run the whole test suite (what CI runs)
+#   make test-fast - the tests not marked slow: no training beyond a few steps (for every edit)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= xla,tune,keras,export,dev
 
-.PHONY: setup run test lint
+.PHONY: setup run test test-fast lint
 
 setup: $(VENV)/.installed
 
@@ -20,7 +21,10 @@ run: setup
 	$(PY) scripts/fit.py
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" -q
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -56,6 +56,7 @@ class BTSCLI(LightningCLI):
                  trainer_overrides: Mapping[str, Any] | None = None) -> None:
         self.extra_callbacks = list(extra_callbacks)
         self.claimed_run_dir: Path | None = None  # the run folder this CLI created (see claim_run_dir)
+        self.created_dirs: list[Path] = []  # its parents that did not exist before
         self.trainer_overrides = dict(trainer_overrides or {})
         register_xla_accelerator()  # --accelerator xla: torch_xla on any PJRT device (lightning_bts.xla)
         skip_tpu_probe_without_tpu_chips()  # no torch_xla import in a run that does not use it
@@ -120,6 +121,7 @@ class BTSCLI(LightningCLI):
             root = Path(config.output_dir or config.trainer.get("default_root_dir") or "runs")
             name = config.run_name or f"{config.model.loss}_fold{config.data.fold}"
             if config.version is None:
+                self.created_dirs = [folder for folder in (root, root / name) if not folder.exists()]
                 self.claimed_run_dir = claim_run_dir(root / name, time.strftime("%Y%m%d-%H%M%S"))
             version = config.version or self.claimed_run_dir.name
             kwargs["logger"] = [
@@ -136,12 +138,12 @@ class BTSCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def release_run_dir(self) -> None:
-        """Remove the run folder this CLI claimed while it is still empty (the run stopped before writing)."""
-        if self.claimed_run_dir is not None and self.claimed_run_dir.is_dir() and not any(
-                self.claimed_run_dir.iterdir()):
-            self.claimed_run_dir.rmdir()
-            with contextlib.suppress(OSError):  # the run-name folder too, unless other runs live there
-                self.claimed_run_dir.parent.rmdir()
+        """Remove the run folder this CLI claimed, and the parents it created, while they are still empty."""
+        if self.claimed_run_dir is None:
+            return
+        for folder in [self.claimed_run_dir, *reversed(self.created_dirs)]:
+            with contextlib.suppress(OSError):  # not empty: another run, or files of this one, live there
+                folder.rmdir()
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
         if config.get("enable_checkpointing") is not False and not _has(config.get("callbacks"), ModelCheckpoint):
