@@ -64,7 +64,10 @@ class ValidationPreview(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule
-        if self.count <= 0 or not trainer.is_global_zero or datamodule is None or trainer.log_dir is None:
+        if self.count <= 0 or datamodule is None:
+            return
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, or rank 0 waits forever
+        if not trainer.is_global_zero or log_dir is None:
             return
         indices = datamodule.indices("val")
         if len(indices) == 0:
@@ -82,7 +85,7 @@ class ValidationPreview(Callback):
         truths = [data.masks[i].reshape(predicted.shape[1:]) > 0 for i in picks]
         keys = datamodule.records["key"].to_numpy()
         titles = [f"{keys[i]}: Dice {_dice(t, p):.2f}" for i, t, p in zip(picks, truths, predicted)]
-        self.path = Path(trainer.log_dir) / PREVIEW_FILE
+        self.path = Path(log_dir) / PREVIEW_FILE
         self.path.write_bytes(outline_figure(list(images), truths, list(predicted), titles))
 
 
