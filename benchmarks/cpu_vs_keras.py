@@ -32,7 +32,7 @@ from lightning_bts.data import BrainTumorDataModule, load_records  # noqa: E402
 from lightning_bts.data.preprocess import preprocess_slice  # noqa: E402
 from lightning_bts.losses import build_loss  # noqa: E402
 from lightning_bts.models import UNet  # noqa: E402
-from lightning_bts.optim import KerasAdam  # noqa: E402
+from lightning_bts.training.optim import KerasAdam  # noqa: E402
 
 
 def timed(step, batch: int, warmup: int, steps: int, repeats: int = 3) -> float:
@@ -99,7 +99,7 @@ def torch_profile(size: int, batch: int, best: bool, top: int = 8) -> list[tuple
 
 
 def keras_rates(size: int, batch: int, best: bool, warmup: int, steps: int) -> tuple[float, float]:
-    from lightning_bts.keras_reference import build_keras_unet, import_keras, keras_loss
+    from lightning_bts.keras.reference import build_keras_unet, import_keras, keras_loss
 
     keras = import_keras()
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if best else "float32")

@@ -29,8 +29,8 @@ from pytorch_lightning.callbacks import Callback
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_bts.cv import run_cv  # noqa: E402
-from lightning_bts.report import build_report  # noqa: E402
+from lightning_bts.experiments.cv import run_cv  # noqa: E402
+from lightning_bts.experiments.report import build_report  # noqa: E402
 
 
 class TrainThroughput(Callback):

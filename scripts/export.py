@@ -5,7 +5,7 @@
 """
 
 from lightning_bts.errors import run_main
-from lightning_bts.export import main
+from lightning_bts.evaluation.export import main
 
 if __name__ == "__main__":
     run_main(main)

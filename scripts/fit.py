@@ -5,7 +5,7 @@
 """
 
 from lightning_bts.errors import run_main
-from lightning_bts.train import train
+from lightning_bts.training.train import train
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from lightning_bts.data.figshare import convert, download, summarize
 from lightning_bts.errors import run_main
-from lightning_bts.figshare import convert, download, summarize
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@
 """
 
 from lightning_bts.errors import run_main
-from lightning_bts.report import main
+from lightning_bts.experiments.report import main
 
 if __name__ == "__main__":
     run_main(main)

@@ -3,7 +3,7 @@
 Without ``--keras-model`` the checks run on a fresh, seeded Keras initialisation; with it, on your Keras
 checkpoint of the original notebook (``.keras``, ``.h5`` or ``.weights.h5``), which ``--to-ckpt`` then converts
 into a Lightning checkpoint for ``SegmentationModule.load_from_checkpoint``. Exits 0 only when every check
-holds its tolerance. The checks themselves live in :mod:`lightning_bts.keras_parity`.
+holds its tolerance. The checks themselves live in :mod:`lightning_bts.keras.parity`.
 
 Examples::
 
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from lightning_bts.errors import run_main
-from lightning_bts.keras_parity import ParityConfig, run_parity
+from lightning_bts.keras.parity import ParityConfig, run_parity
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "Every check runs both frameworks on the same weights and the same real slices. *Matched* torch runs "
         "use `KerasAdam` (Keras' Adam, step for step) and the loss as Keras trains it, which are the package's "
         "training defaults; the findings measure what stock torch Adam or a clipped BCE would change. "
-        "Checks and tolerances: `lightning_bts/keras_parity.py` "
+        "Checks and tolerances: `lightning_bts/keras/parity.py` "
         "(`Tolerances`)."
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if not report.passed:
             print(f"not writing {args.to_ckpt}: the checks above failed", file=sys.stderr)
             return 1
-        from lightning_bts.keras_io import save_lightning_checkpoint
+        from lightning_bts.keras.checkpoint import save_lightning_checkpoint
 
         save_lightning_checkpoint(net, args.to_ckpt, loss=args.loss)
         print(f"Lightning checkpoint: {args.to_ckpt}")

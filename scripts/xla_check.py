@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from lightning_bts.errors import run_main
-from lightning_bts.xla import run_xla_check, xla_check_args
+from lightning_bts.training.xla_check import run_xla_check, xla_check_args
 
 
 def main() -> None:

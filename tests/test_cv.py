@@ -11,10 +11,10 @@ import pytest
 import torch
 from pytorch_lightning import Callback, seed_everything
 
-from lightning_bts import cv
 from lightning_bts.data import load_records
-from lightning_bts.module import SegmentationModule
-from lightning_bts.report import build_report
+from lightning_bts.experiments import cv
+from lightning_bts.experiments.report import build_report
+from lightning_bts.training.module import SegmentationModule
 from tests.conftest import REPO, SAMPLE_ROOT
 
 TRAIN_ARGS = [

@@ -13,7 +13,7 @@ from lightning_bts.data import BrainTumorDataModule, DatasetError
 from lightning_bts.data.dataset import SliceDataset
 from lightning_bts.data.transforms import AUGMENTATIONS, seed_augmentation_worker, train_augmentation
 from lightning_bts.errors import ConfigError
-from lightning_bts.train import train
+from lightning_bts.training.train import train
 from tests.conftest import SAMPLE_ROOT, write_dataset
 
 

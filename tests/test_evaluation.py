@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from lightning_bts.checkpoints import CheckpointError
 from lightning_bts.data import DatasetError, load_records
 from lightning_bts.evaluation import Predictor, evaluate, evaluate_checkpoints, format_table
 from lightning_bts.evaluation.data import evaluation_data
 from lightning_bts.evaluation.evaluate_cli import main
-from lightning_bts.train import train
+from lightning_bts.training.checkpoints import CheckpointError
+from lightning_bts.training.train import train
 from tests.conftest import REPO, SAMPLE_ROOT, write_dataset
 
 RATIOS = ("dice", "iou", "precision", "recall", "accuracy", "specificity")

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_bts import export
-from lightning_bts.checkpoints import CheckpointError, load_model
-from lightning_bts.evaluation import InferenceSettings, PostProcessing
+from lightning_bts.evaluation import InferenceSettings, PostProcessing, export
+from lightning_bts.evaluation.export import ExportCheckError, ExportError, export_checkpoint, main
 from lightning_bts.evaluation.settings import store_settings
-from lightning_bts.export import ExportCheckError, ExportError, export_checkpoint, main
+from lightning_bts.training.checkpoints import CheckpointError, load_model
 from tests.test_inference import IMAGE_SIZE, trained_checkpoint
 
 

@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lightning_bts.cli import BTSCLI, claim_run_dir, default_precision
 from lightning_bts.data import BrainTumorDataModule
-from lightning_bts.keras_io import export_keras_weights, load_keras_weights, save_lightning_checkpoint
+from lightning_bts.keras.checkpoint import save_lightning_checkpoint
+from lightning_bts.keras.weights import export_keras_weights, load_keras_weights
 from lightning_bts.models import UNet
-from lightning_bts.module import SegmentationModule
-from lightning_bts.train import train
+from lightning_bts.training.cli import BTSCLI, claim_run_dir, default_precision
+from lightning_bts.training.module import SegmentationModule
+from lightning_bts.training.train import train
 from tests.conftest import REPO
 
 TINY = ["--data.image_size", "32", "--data.num_workers", "0", "--trainer.max_epochs", "1",
@@ -35,10 +36,10 @@ def test_shortcuts_set_the_trainer_and_link_channels(tmp_path):
 
 
 def test_default_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
-    monkeypatch.setattr("lightning_bts.cli.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("lightning_bts.training.cli.cpu_has_native_bf16", lambda: True)
     assert default_precision("cpu") == "bf16-mixed"
     assert default_precision("gpu") == "32-true"
-    monkeypatch.setattr("lightning_bts.cli.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("lightning_bts.training.cli.cpu_has_native_bf16", lambda: False)
     assert default_precision("cpu") == "32-true"
 
 

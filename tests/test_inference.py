@@ -16,19 +16,19 @@ import pandas as pd
 import pytest
 import torch
 
-from lightning_bts.checkpoints import (
+from lightning_bts.data import BrainTumorDataModule
+from lightning_bts.data.records import read_image
+from lightning_bts.evaluation import InferenceError, Predictor, find_images
+from lightning_bts.evaluation.predict_cli import main
+from lightning_bts.evaluation.predictor import prepare_image, to_original_size
+from lightning_bts.training.checkpoints import (
     CheckpointError,
     Preprocessing,
     load_ensemble,
     load_model,
     preprocessing_from_checkpoint,
 )
-from lightning_bts.data import BrainTumorDataModule
-from lightning_bts.data.records import read_image
-from lightning_bts.evaluation import InferenceError, Predictor, find_images
-from lightning_bts.evaluation.predict_cli import main
-from lightning_bts.evaluation.predictor import prepare_image, to_original_size
-from lightning_bts.train import train
+from lightning_bts.training.train import train
 from tests.conftest import REPO, write_dataset
 
 IMAGE_SIZE = 32  # source slices are 64x64: the model sees them shrunk, masks come back at 64x64

@@ -17,20 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_bts import keras_io
-from lightning_bts.keras_io import KerasWeightsError
-from lightning_bts.keras_parity import (
-    KerasAdam,
-    Tolerances,
-    keras_init_std_and_bound,
-    keras_loss_value,
-    load_slices,
-    torch_loss_value,
-    train_keras,
-    train_torch,
-)
+from lightning_bts.keras import weights as keras_io
+from lightning_bts.keras.parity import keras_init_std_and_bound
+from lightning_bts.keras.parity_checks import keras_loss_value, load_slices, torch_loss_value
+from lightning_bts.keras.parity_report import Tolerances
+from lightning_bts.keras.parity_training import train_keras, train_torch
+from lightning_bts.keras.weights import KerasWeightsError
 from lightning_bts.losses import build_loss
 from lightning_bts.models.unet import UNet
+from lightning_bts.training.optim import KerasAdam
 
 pytestmark = [
     pytest.mark.keras,
@@ -46,7 +41,7 @@ PAPER_PARAMETERS = 1_941_105
 
 @pytest.fixture(scope="module")
 def keras_reference():
-    from lightning_bts import keras_reference
+    from lightning_bts.keras import reference as keras_reference
 
     return keras_reference
 
@@ -139,7 +134,7 @@ def test_keras_io_works_without_tensorflow(keras_files, tmp_path):
     """Conversion needs h5py only: import and use keras_io with TensorFlow and Keras made unimportable."""
     code = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
-        "from lightning_bts import keras_io\n"
+        "from lightning_bts.keras import weights as keras_io\n"
         f"net = keras_io.unet_from_keras({str(keras_files['keras'])!r})\n"
         f"keras_io.export_keras_weights(net, {str(tmp_path / 'x.weights.h5')!r})\n"
     )
@@ -308,9 +303,10 @@ def test_init_statistics_match_keras(keras_reference):
 
 
 def test_keras_checkpoint_converts_to_lightning(keras_files, tmp_path):
-    from lightning_bts.module import SegmentationModule
+    from lightning_bts.keras.checkpoint import keras_to_lightning_checkpoint
+    from lightning_bts.training.module import SegmentationModule
 
-    ckpt = keras_io.keras_to_lightning_checkpoint(keras_files["keras"], tmp_path / "unet.ckpt", loss="bce")
+    ckpt = keras_to_lightning_checkpoint(keras_files["keras"], tmp_path / "unet.ckpt", loss="bce")
     module = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu")
     assert module.hparams.loss == "bce" and module.hparams.depth == 4
     expected = keras_io.unet_from_keras(keras_files["keras"]).state_dict()

@@ -9,9 +9,9 @@ from pytorch_lightning.callbacks import timer as timer_module
 from torch.utils.data import DataLoader
 
 from lightning_bts.errors import ConfigError
-from lightning_bts.module import SegmentationModule
-from lightning_bts.optim import KerasAdam
-from lightning_bts.schedules import BudgetSchedule, time_progress
+from lightning_bts.training.module import SegmentationModule
+from lightning_bts.training.optim import KerasAdam
+from lightning_bts.training.schedules import BudgetSchedule, time_progress
 
 
 def keras_adam_update(grads: list[float], lr: float, eps: float) -> float:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_bts.checkpoints import CheckpointError, Preprocessing, read_checkpoint
 from lightning_bts.errors import ConfigError
 from lightning_bts.evaluation import PostProcessing, Predictor, evaluate_checkpoints, select_cli
 from lightning_bts.evaluation.postprocess import most_probable_component
@@ -24,6 +23,7 @@ from lightning_bts.evaluation.selection import (
     validation_dice,
 )
 from lightning_bts.evaluation.settings import STORED_KEY, InferenceSettings, store_settings
+from lightning_bts.training.checkpoints import CheckpointError, Preprocessing, read_checkpoint
 from tests.test_inference import trained_checkpoint
 from tests.test_predictor import Oracle, oracle_data
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_bts.checkpoints import Preprocessing, read_checkpoint
 from lightning_bts.data.records import read_image
 from lightning_bts.evaluation import Predictor, evaluate_checkpoints, predict_cli
+from lightning_bts.evaluation.export import export_checkpoint
 from lightning_bts.evaluation.predictor import prepare_image
 from lightning_bts.evaluation.settings import STORED_KEY
-from lightning_bts.export import export_checkpoint
+from lightning_bts.training.checkpoints import Preprocessing, read_checkpoint
 from tests.conftest import REPO, SAMPLE_ROOT
 
 CHECKPOINT = REPO / "tests" / "data" / "pre_predictor.ckpt"

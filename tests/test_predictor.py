@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_bts.checkpoints import Preprocessing
 from lightning_bts.data import BrainTumorDataModule
 from lightning_bts.errors import ConfigError
 from lightning_bts.evaluation import (
@@ -29,6 +28,7 @@ from lightning_bts.evaluation import (
 from lightning_bts.evaluation.data import evaluation_data
 from lightning_bts.evaluation.predictor import resolve_device
 from lightning_bts.evaluation.settings import store_settings
+from lightning_bts.training.checkpoints import Preprocessing
 from tests.conftest import write_dataset
 from tests.test_inference import trained_checkpoint
 

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lightning_bts import figshare
-from lightning_bts.figshare import FigshareError, convert, patient_group, to_uint8
+from lightning_bts.data.figshare import FigshareError, convert, patient_group, to_uint8
+from lightning_bts.data.figshare import fetch as figshare
+from lightning_bts.data.figshare.release import CVIND_FILE
 
 SHARED_COLUMNS = (
     "slice_id,image,mask,patient_id,patient_group,label,tumor_type,height,width,tumor_pixels,tumor_fraction,orig_cv_fold"
@@ -288,11 +289,11 @@ def test_download_checks_md5_resumes_and_explains_network_failure(
     figshare.download(tmp_path / "cache")  # complete files are not fetched again
     assert len(requested) == 7
 
-    payloads[figshare.CVIND_FILE] = b"truncated"
-    (tmp_path / "cache" / figshare.CVIND_FILE).unlink()
+    payloads[CVIND_FILE] = b"truncated"
+    (tmp_path / "cache" / CVIND_FILE).unlink()
     with pytest.raises(FigshareError, match="cvind.mat .*MD5 does not match"):
         figshare.download(tmp_path / "cache")
-    assert figshare.CVIND_FILE not in leftovers(tmp_path / "cache")
+    assert CVIND_FILE not in leftovers(tmp_path / "cache")
     assert not any(name.endswith(".part") for name in leftovers(tmp_path / "cache"))
 
     def offline(url: str) -> io.BytesIO:

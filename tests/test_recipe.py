@@ -13,8 +13,8 @@ from lightning_bts.errors import ConfigError
 from lightning_bts.losses import DeepSupervisionLoss
 from lightning_bts.models import InputScaled, UNet, check_image_size
 from lightning_bts.models.factory import architecture_names
-from lightning_bts.module import SegmentationModule
-from lightning_bts.optim import KerasAdam
+from lightning_bts.training.module import SegmentationModule
+from lightning_bts.training.optim import KerasAdam
 from tests.conftest import REPO
 
 TINY = {"base_filters": 4, "depth": 2, "hausdorff": False, "channels_last": False}

@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from lightning_bts.cli import BTSCLI
 from lightning_bts.data import BrainTumorDataModule
 from lightning_bts.models import check_image_size
-from lightning_bts.module import SegmentationModule
-from lightning_bts.train import train
+from lightning_bts.training.cli import BTSCLI
+from lightning_bts.training.module import SegmentationModule
+from lightning_bts.training.train import train
 from tests.conftest import REPO
 
 CONFIGS = sorted(path for path in (REPO / "configs").glob("*.yaml") if path.name != "tune_space.yaml")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lightning_bts.stats import paired_t_test, rank_biserial, summarize, wilcoxon_signed_rank
+from lightning_bts.experiments.stats import paired_t_test, rank_biserial, summarize, wilcoxon_signed_rank
 
 RNG = np.random.default_rng(7)
 FOLDS_A = np.array([0.81, 0.79, 0.84, 0.77, 0.83])

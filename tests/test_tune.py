@@ -205,7 +205,7 @@ def test_asha_sweep_retries_a_crash_and_its_best_config_retrains(ray_session, tm
     trial_logs = list((result.experiment_dir).glob("*/lightning/train/*/metrics.csv"))
     assert len(trial_logs) >= 3, "each trial writes fit.py's logs into its trial folder"
 
-    from lightning_bts.train import train
+    from lightning_bts.training.train import train
 
     retrained = train(["--config", str(result.best_config), "--trainer.max_epochs", "1",
                        "--output_dir", str(tmp_path / "retrain")])
@@ -260,7 +260,8 @@ def test_interrupted_cv_sweep_resumes_without_rerunning_finished_trials(ray_sess
 @pytest.mark.xla
 def test_sweep_trials_train_on_the_xla_accelerator(ray_session, tmp_path, cache_dir):
     pytest.importorskip("torch_xla")
-    pytest.importorskip("lightning_bts.xla", reason="lightning_bts.xla (the 'xla' accelerator) is not there yet")
+    pytest.importorskip("lightning_bts.xla.accelerator",
+                        reason="lightning_bts.xla.accelerator (the 'xla' accelerator) is not there yet")
     result = run_sweep(settings(tmp_path, cache_dir, num_samples=2, accelerator="xla", scheduler="fifo",
                                 space={"model.lr": {"choice": [1e-3, 2e-3]}},
                                 train_args=tiny_args(cache_dir, epochs=1) + [
@@ -295,7 +296,7 @@ def test_multi_worker_trials_train_data_parallel_and_resume_after_a_crash(ray_se
         assert list(progress["epoch"]) == [0, 1], "each epoch reported once: the retry resumed, not restarted"
     assert (result.best_checkpoint / "checkpoint.ckpt").is_file()
 
-    from lightning_bts.checkpoints import read_checkpoint
+    from lightning_bts.training.checkpoints import read_checkpoint
 
     assert read_checkpoint(result.best_checkpoint / "checkpoint.ckpt")["epoch"] in (0, 1)
 

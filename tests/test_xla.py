@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from lightning_bts.train import train
-from lightning_bts.xla import CompileMonitor, xla_check_args
+from lightning_bts.training.train import train
+from lightning_bts.training.xla_check import CompileMonitor, xla_check_args
 
 out, devices, epochs, extra = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 
@@ -64,7 +64,7 @@ PROBE = r"""
 import json
 from torch_xla import runtime as xr
 from pytorch_lightning.accelerators import AcceleratorRegistry
-from lightning_bts.xla import PJRTAccelerator, pjrt_device_count, register_xla_accelerator
+from lightning_bts.xla.accelerator import PJRTAccelerator, pjrt_device_count, register_xla_accelerator
 
 register_xla_accelerator()
 counted = pjrt_device_count()  # before the runtime starts, as the accelerator connector calls it
@@ -139,7 +139,7 @@ def test_fit_compiles_nothing_new_after_the_first_epoch(xla_runs) -> None:
 
 @pytest.mark.slow
 def test_checkpoint_saved_on_xla_reloads_on_cpu_to_the_same_predictions(xla_runs) -> None:
-    from lightning_bts.module import SegmentationModule
+    from lightning_bts.training.module import SegmentationModule
 
     process, out = xla_runs["single"]
     _finish(process, out)

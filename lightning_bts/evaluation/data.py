@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
-from lightning_bts.checkpoints import CheckpointError, CheckpointInfo
 from lightning_bts.data import BrainTumorDataModule, DatasetError
 from lightning_bts.data.dataset import SliceDataset
 from lightning_bts.errors import ConfigError
 from lightning_bts.evaluation.predictor import Predictor
+from lightning_bts.training.checkpoints import CheckpointError, CheckpointInfo
 
 PARTS = ("val", "train", "test", "all")
 SPLIT_KEYS = ("root", "num_folds", "seed", "test_fraction")  # what makes two checkpoints' test parts the same

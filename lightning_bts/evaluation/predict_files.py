@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lightning_bts.checkpoints import Preprocessing
 from lightning_bts.data.records import IMAGE_SUFFIXES, DatasetError, read_image
 from lightning_bts.evaluation.postprocess import PostProcessing
 from lightning_bts.evaluation.predictor import InferenceError, Predictor, prepare_image, to_original_size
+from lightning_bts.training.checkpoints import Preprocessing
 
 PROBABILITY_FORMATS = ("png", "npy")
 OVERLAY_ALPHA = 0.35

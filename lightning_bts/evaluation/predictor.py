@@ -3,7 +3,7 @@
 Evaluation, prediction on new scans, the cross-validation runner, post-processing selection and export all
 load models through :meth:`Predictor.from_checkpoints`, so a checkpoint means one thing everywhere:
 
-- the preprocessing it was trained with (skull stripping, size, channels; :mod:`lightning_bts.checkpoints`);
+- the preprocessing it was trained with (skull stripping, size, channels; :mod:`lightning_bts.training.checkpoints`);
 - several checkpoints are an ensemble: the mean of the members' probabilities (averaging probabilities, not
   logits or votes, keeps one over-confident member from deciding alone);
 - flip TTA: the mean of the prediction and the mirrored prediction of the mirrored slice (horizontal flip);
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_bts.checkpoints import CheckpointInfo, Preprocessing, load_members
 from lightning_bts.data.preprocess import preprocess_image
 from lightning_bts.errors import ConfigError, UserError
 from lightning_bts.evaluation.postprocess import PostProcessing
 from lightning_bts.evaluation.settings import InferenceSettings, resolve_settings
+from lightning_bts.training.checkpoints import CheckpointInfo, Preprocessing, load_members
 
 PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -145,7 +145,7 @@ class Predictor:
 
         Raises:
             InferenceError: a device that is not available. ConfigError: an unknown precision or bad override.
-            CheckpointError: see :func:`lightning_bts.checkpoints.load_members` and
+            CheckpointError: see :func:`lightning_bts.training.checkpoints.load_members` and
             :func:`lightning_bts.evaluation.settings.resolve_settings`.
         """
         device = resolve_device(device)

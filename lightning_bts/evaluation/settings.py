@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_bts.checkpoints import CheckpointError, CheckpointInfo, write_checkpoint_entry
 from lightning_bts.errors import ConfigError
 from lightning_bts.evaluation.postprocess import PostProcessing
+from lightning_bts.training.checkpoints import CheckpointError, CheckpointInfo, write_checkpoint_entry
 
 STORED_KEY = "postprocessing"
 

@@ -15,8 +15,8 @@ from lightning_bts.errors import ConfigError
 from lightning_bts.losses import DeepSupervisionLoss, build_loss
 from lightning_bts.metrics import HausdorffMetrics, OverlapMetrics
 from lightning_bts.models.factory import DEFAULT_ENCODER, PAPER_UNET, build_network, check_image_size
-from lightning_bts.optim import build_optimizer, resolve_optimizer
-from lightning_bts.schedules import SCHEDULERS, lightning_schedulers
+from lightning_bts.training.optim import build_optimizer, resolve_optimizer
+from lightning_bts.training.schedules import SCHEDULERS, lightning_schedulers
 
 MONITOR = "val/dice"
 
@@ -32,10 +32,10 @@ class SegmentationModule(pl.LightningModule):
     initialised. Loss arguments pick the loss by name (:data:`lightning_bts.losses.LOSS_NAMES`); ``loss_eps``
     overrides the probability clipping (0 = none; by default each loss clips as Keras trains it).
 
-    Optimiser (:func:`~lightning_bts.optim.build_optimizer`): ``optimizer`` ``keras_adam`` (default: Keras' Adam
+    Optimiser (:func:`~.optim.build_optimizer`): ``optimizer`` ``keras_adam`` (default: Keras' Adam
     step for step, ``lr`` 1e-3, ``adam_eps`` 1e-7 added before bias correction), ``adam``, ``adamw`` or ``sgd``
     (Nesterov, ``momentum``), with ``weight_decay``; ``keras_adam=False`` is the older spelling of ``adam``.
-    Schedule (:mod:`lightning_bts.schedules`): ``warmup_epochs`` of linear warm-up (fractions allowed), then
+    Schedule (:mod:`lightning_bts.training.schedules`): ``warmup_epochs`` of linear warm-up (fractions allowed), then
     ``scheduler`` ``none`` (default), ``cosine`` or ``poly`` down to ``min_lr`` exactly when the run's budget
     (``max_epochs``/``max_steps``/``max_time``) ends, updated every step, or ``plateau`` (halve the rate after 2
     epochs without a better ``val/dice``). ``ema_decay`` keeps an exponential moving average of the weights
@@ -129,11 +129,11 @@ class SegmentationModule(pl.LightningModule):
             if self.hparams.get("arch", PAPER_UNET) != PAPER_UNET:
                 raise ConfigError(f"init_weights: {path} holds the paper U-Net's Keras weights, but model.arch is "
                                   f"{self.hparams.arch}")
-            from lightning_bts.keras_io import load_keras_weights
+            from lightning_bts.keras.weights import load_keras_weights
 
             load_keras_weights(self.net, path)
             return
-        from lightning_bts.checkpoints import read_checkpoint
+        from lightning_bts.training.checkpoint_file import read_checkpoint
 
         state = read_checkpoint(path).get("state_dict", {})
         weights = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}

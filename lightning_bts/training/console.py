@@ -44,7 +44,7 @@ def quiet_lightning() -> None:
     """Drop Lightning's lines about absent accelerators and its advertisement (idempotent).
 
     Also silences the CSV logger's "exists and is not empty" warning: a run folder here is claimed fresh by
-    :func:`lightning_bts.cli.claim_run_dir` and already holds ``config.yaml`` when the logger looks at it.
+    :func:`lightning_bts.training.cli.claim_run_dir` and already holds ``config.yaml`` when the logger looks at it.
     """
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)

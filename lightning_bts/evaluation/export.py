@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_bts.checkpoints import Preprocessing
 from lightning_bts.data.records import DatasetError, read_image
 from lightning_bts.errors import UserError
 from lightning_bts.evaluation.predict_files import find_images
 from lightning_bts.evaluation.predictor import Predictor, prepare_image
 from lightning_bts.evaluation.settings import InferenceSettings
-from lightning_bts.module import SegmentationModule
+from lightning_bts.training.checkpoints import Preprocessing
+from lightning_bts.training.module import SegmentationModule
 
 FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript"}
 DEFAULT_SAMPLES = "data/sample/images"

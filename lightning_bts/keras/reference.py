@@ -1,10 +1,10 @@
 """The paper's Keras U-Net, rebuilt layer for layer, as the reference for parity checks and benchmarks.
 
 TensorFlow/Keras are imported lazily (only when a function here is called) so the rest of the package, and
-:mod:`lightning_bts.keras_io`, work without them. Install them with ``pip install 'lightning_bts[keras]'``.
+:mod:`lightning_bts.keras.weights`, work without them. Install them with ``pip install 'lightning_bts[keras]'``.
 
 The model is the notebook's, including ``Lambda(lambda x: x / 255)`` as its first layer, so the files it
-saves have the same layer list as the original's (which is what :mod:`lightning_bts.keras_io` must read).
+saves have the same layer list as the original's (which is what :mod:`lightning_bts.keras.weights` must read).
 """
 
 from __future__ import annotations

@@ -17,140 +17,33 @@ it at the end, so a failure never leaves a half-written dataset that would later
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
-import re
 import shutil
 import tempfile
-import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 import cv2
-import h5py
 import numpy as np
 import pandas as pd
 
-from lightning_bts.errors import UserError
-
-ARTICLE_ID = 1512427
-DOI = "10.6084/m9.figshare.1512427"
-API_URL = f"https://api.figshare.com/v2/articles/{ARTICLE_ID}"
-ZIP_PARTS = (
-    "brainTumorDataPublic_1-766.zip",
-    "brainTumorDataPublic_767-1532.zip",
-    "brainTumorDataPublic_1533-2298.zip",
-    "brainTumorDataPublic_2299-3064.zip",
+from lightning_bts.data.figshare.release import (
+    COLUMNS,
+    CVIND_FILE,
+    DOI,
+    PNG_OPTIONS,
+    SLICE_NAME,
+    TUMOR_TYPES,
+    ZIP_PARTS,
+    FigshareError,
+    Log,
+    Slice,
+    patient_group,
+    read_cvind,
+    read_slice,
+    to_uint8,
 )
-CVIND_FILE = "cvind.mat"
-RELEASE_FILES = (*ZIP_PARTS, CVIND_FILE)
-TUMOR_TYPES = {1: "meningioma", 2: "glioma", 3: "pituitary"}
-NUM_FOLDS = 5
-COLUMNS = (
-    "slice_id", "image", "mask", "patient_id", "patient_group", "label", "tumor_type",
-    "height", "width", "tumor_pixels", "tumor_fraction", "orig_cv_fold",
-)  # fmt: skip
-PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 9]
-SLICE_NAME = re.compile(r"(\d+)\.mat", re.IGNORECASE)
-MR_WITH_LETTER = re.compile(r"(MR\d+)[A-Za-z]")
-USER_AGENT = "lightning_bts-prepare_figshare (python urllib)"
-
-Log = Callable[[str], None]
-
-
-class FigshareError(UserError):
-    """The release files are missing, malformed or cannot be downloaded; the message names the file."""
-
-
-@dataclass(frozen=True)
-class Slice:
-    """One ``N.mat`` file, with image and mask transposed back to MATLAB's orientation (rows = image rows)."""
-
-    image: np.ndarray  # (H, W), the stored intensities (int16 in the release)
-    mask: np.ndarray  # (H, W) bool, True = tumour
-    patient_id: str
-    label: int
-
-
-def read_slice(data: bytes, origin: str) -> Slice:
-    """Decode one figshare slice file given as bytes; ``origin`` names it in error messages.
-
-    Raises:
-        FigshareError: not an HDF5 (MATLAB v7.3) file, no ``cjdata/image``, or fields of the wrong shape.
-    """
-    expected = "a MATLAB v7.3 file with a group cjdata holding image, tumorMask, label and PID"
-    try:
-        with h5py.File(io.BytesIO(data), "r") as mat:
-            group = mat.get("cjdata")
-            if not isinstance(group, h5py.Group) or "image" not in group:
-                raise FigshareError(f"{origin}: no cjdata/image; expected {expected}")
-            absent = [key for key in ("tumorMask", "label", "PID") if key not in group]
-            if absent:
-                raise FigshareError(f"{origin}: cjdata lacks {absent}; expected {expected}")
-            image = np.asarray(group["image"]).T
-            mask = np.asarray(group["tumorMask"]).T != 0
-            labels = np.asarray(group["label"]).ravel()
-            codes = np.asarray(group["PID"]).ravel()
-            pid_is_empty = bool(group["PID"].attrs.get("MATLAB_empty", 0))  # then its data are dimensions
-    except OSError as error:  # h5py's answer to bytes that are not HDF5
-        raise FigshareError(f"{origin}: cannot be read as HDF5 ({error}); expected {expected}") from None
-    if image.ndim != 2 or not np.issubdtype(image.dtype, np.number):
-        raise FigshareError(f"{origin}: cjdata/image is {image.dtype} of shape {image.shape}; expected a 2-D array")
-    if mask.shape != image.shape:
-        raise FigshareError(f"{origin}: tumorMask is {mask.shape} but image is {image.shape}; expected equal shapes")
-    if labels.size != 1 or float(labels[0]) not in TUMOR_TYPES:
-        raise FigshareError(f"{origin}: cjdata/label is {labels.tolist()}; expected one of {list(TUMOR_TYPES)}")
-    is_chars = codes.dtype.kind in "ui" and not pid_is_empty  # MATLAB char: UTF-16 code units
-    patient_id = "".join(map(chr, codes.astype(np.int64))).strip("\x00 ") if is_chars else ""
-    if not patient_id:
-        raise FigshareError(f"{origin}: cjdata/PID is empty or not a character array; expected the patient ID")
-    return Slice(image=image, mask=mask, patient_id=patient_id, label=int(labels[0]))
-
-
-def read_cvind(data: bytes, origin: str) -> np.ndarray:
-    """The release's fold of every slice (``folds[N - 1]`` for ``N.mat``), as int values 1-5.
-
-    The figshare ``cvind.mat`` is MATLAB v7.3 (HDF5); an older-format copy (re-saved with ``-v7``) is read with
-    scipy, so either works.
-    """
-    try:
-        with h5py.File(io.BytesIO(data), "r") as mat:
-            if "cvind" not in mat:
-                raise FigshareError(f"{origin}: no dataset cvind; expected the 5-fold index of the release")
-            folds = np.asarray(mat["cvind"]).ravel()
-    except OSError:
-        import scipy.io
-
-        try:
-            folds = np.asarray(scipy.io.loadmat(io.BytesIO(data))["cvind"]).ravel()
-        except (ValueError, KeyError) as error:
-            raise FigshareError(f"{origin}: cannot read variable cvind ({error}); expected cvind.mat") from None
-    if folds.size == 0 or not np.all(np.isin(folds, np.arange(1, NUM_FOLDS + 1))):
-        raise FigshareError(f"{origin}: cvind values {np.unique(folds)[:10].tolist()}; expected folds 1-{NUM_FOLDS}")
-    return folds.astype(int)
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Per-slice min-max scaling to 0-255, truncated, as in the shared copy.
-
-    The shared PNGs each span exactly 0-255, and 255 almost always occurs on a single pixel (the slice
-    maximum), which fits truncation rather than rounding. A constant slice becomes all zeros.
-    """
-    values = image.astype(np.float64)
-    low, high = values.min(), values.max()
-    if high <= low:
-        return np.zeros(image.shape, np.uint8)
-    return np.floor((values - low) * (255.0 / (high - low))).astype(np.uint8)
-
-
-def patient_group(patient_id: str) -> str:
-    """Grouping key for leakage-free splits: ``MR024780B`` -> ``MR024780`` (same stem, same patient)."""
-    match = MR_WITH_LETTER.fullmatch(patient_id)
-    return match.group(1) if match else patient_id
 
 
 def convert(
@@ -194,37 +87,6 @@ def summarize(table: pd.DataFrame) -> str:
         part = table[table.tumor_type == tumor_type]
         lines.append(f"  {tumor_type:<11} {len(part):5d} slices, {part.patient_id.nunique():4d} patient IDs")
     return "\n".join(lines)
-
-
-def download(cache: str | Path, log: Log | None = None) -> list[Path]:
-    """Download the four zip parts and ``cvind.mat`` into ``cache`` (about 900 MB); return their paths.
-
-    File names, URLs and MD5 sums come from the figshare API. Files already in ``cache`` with the right MD5
-    are kept, so an interrupted download resumes file by file.
-
-    Raises:
-        FigshareError: no network, an HTTP error, or a file whose MD5 does not match.
-    """
-    log = log or (lambda line: None)
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    listing = {entry["name"]: entry for entry in json.loads(_fetch_bytes(API_URL))["files"]}
-    absent = [name for name in RELEASE_FILES if name not in listing]
-    if absent:
-        raise FigshareError(f"figshare article {ARTICLE_ID} lists no {absent} (it has {sorted(listing)})")
-    paths = []
-    for name in RELEASE_FILES:
-        entry, target = listing[name], cache / name
-        if not _is_complete(target, entry):
-            log(f"downloading {name} ({entry.get('size', 0) / 2**20:.0f} MiB)")
-            partial = target.with_name(f"{name}.part")
-            _fetch_to(entry["download_url"], partial)
-            if "computed_md5" in entry and _md5(partial) != entry["computed_md5"]:
-                partial.unlink()
-                raise FigshareError(f"{name} from {entry['download_url']}: MD5 does not match; download again")
-            os.replace(partial, target)
-        paths.append(target)
-    return paths
 
 
 def _convert_into(sources: list[Path], staging: Path, log: Log) -> pd.DataFrame:
@@ -423,48 +285,3 @@ required. Please cite:
 - Cheng J, Yang W, Huang M, Huang W, Jiang J, Zhou Y, Yang R, Zhao J, Feng Y, Feng Q, Chen W. Retrieval of
   Brain Tumors by Adaptive Spatial Pooling and Fisher Vector Representation. PLoS ONE 11(6): e0157112, 2016.
 """
-
-
-def _open_url(url: str):
-    return urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": USER_AGENT}), timeout=60)
-
-
-def _network_error(url: str, error: OSError) -> FigshareError:
-    return FigshareError(
-        f"cannot download {url}: {error}. Without network access, download {', '.join(RELEASE_FILES)} by hand "
-        f"from https://doi.org/{DOI} and run with --source pointing at them"
-    )
-
-
-def _fetch_bytes(url: str) -> bytes:
-    try:
-        with _open_url(url) as response:
-            return response.read()
-    except OSError as error:  # urllib.error.URLError and HTTPError are OSErrors, as are resets and timeouts
-        raise _network_error(url, error) from error
-
-
-def _fetch_to(url: str, target: Path) -> None:
-    try:
-        with _open_url(url) as response, target.open("wb") as file:
-            shutil.copyfileobj(response, file, 1 << 20)
-    except OSError as error:
-        target.unlink(missing_ok=True)
-        raise _network_error(url, error) from error
-
-
-def _is_complete(path: Path, entry: dict) -> bool:
-    """Whether ``path`` already holds the file figshare lists as ``entry`` (by MD5, else by size)."""
-    if not path.is_file():
-        return False
-    if "computed_md5" in entry:
-        return _md5(path) == entry["computed_md5"]
-    return path.stat().st_size == entry.get("size")
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

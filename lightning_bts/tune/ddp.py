@@ -1,8 +1,9 @@
 """Multi-worker Tune trials: each trial is one Ray Train run of N data-parallel workers (``--workers-per-trial``).
 
 The Tune trial itself reserves nothing and only drives a :class:`ray.train.torch.TorchTrainer`; its N workers
-(each with the per-worker resources, on any nodes of the cluster) run the same :func:`lightning_bts.train.train`
-as fit.py, with Ray's ``RayDDPStrategy`` and ``RayLightningEnvironment`` in place of Lightning's own launcher.
+(each with the per-worker resources, on any nodes of the cluster) run the same
+:func:`~lightning_bts.training.train.train` as fit.py, with Ray's ``RayDDPStrategy`` and ``RayLightningEnvironment``
+in place of Lightning's own launcher.
 Metrics reach Tune through Ray's ``TuneReportCallback``, so ASHA stops a multi-worker trial as it stops any other.
 
 Where things go, per trial ``EXPERIMENT_DIR/TRIAL/``: Lightning's logs under ``lightning/`` (written by rank 0),
@@ -23,15 +24,10 @@ from typing import Any
 
 from pytorch_lightning import Callback, LightningModule, Trainer
 
-from lightning_bts.tune import (
-    CHECKPOINT_FILE,
-    METRIC,
-    MODE,
-    Resources,
-    _fail_once_if_asked,
-    _train_folds,
-    override_args,
-)
+from lightning_bts.tune.settings import Resources
+from lightning_bts.tune.space import METRIC, MODE
+from lightning_bts.tune.trial import CHECKPOINT_FILE, _fail_once_if_asked, _train_folds
+from lightning_bts.tune.trial_args import override_args
 
 RUNS_DIR = "ray_train"  # per trial: Ray Train's storage
 # The Tune trial only waits on its Ray Train run, so it reserves memory, not a CPU (Ray's default of 1 CPU
@@ -68,7 +64,7 @@ def fit_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
 
-    from lightning_bts.train import train
+    from lightning_bts.training.train import train
 
     os.environ.update(config["env"])
     overrides = {"strategy": RayDDPStrategy(), "plugins": [RayLightningEnvironment()], "devices": "auto"}
@@ -105,7 +101,7 @@ def fit_workers(args: list[str], storage: Path, name: str, workers: int, resourc
 def run_ddp_trial(config: dict[str, Any], base_args: list[str], folds: list[int] | None, env: dict[str, str],
                   experiment_dir: str, workers: int, resources: Resources) -> None:
     """The Tune trainable for multi-worker trials: one Ray Train run (or one per fold, reporting the running
-    mean of the folds' Dice, as :func:`lightning_bts.tune.run_trial` does)."""
+    mean of the folds' Dice, as :func:`lightning_bts.tune.sweep.run_trial` does)."""
     from ray import tune
 
     trial_dir = Path(experiment_dir) / Path(tune.get_context().get_trial_dir()).name

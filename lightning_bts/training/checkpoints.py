@@ -1,7 +1,7 @@
 """Loading trained models from Lightning checkpoints, with the preprocessing they were trained with.
 
 Prediction, evaluation and export all start here, so that a checkpoint means the same model and the same
-input pipeline everywhere. A checkpoint written by :class:`~lightning_bts.cli.BTSCLI` holds the module's
+input pipeline everywhere. A checkpoint written by :class:`~lightning_bts.training.cli.BTSCLI` holds the module's
 ``hyper_parameters`` (the architecture) and the data module's ``datamodule_hyper_parameters`` (image size,
 channels, skull stripping). The model is rebuilt from the first and its weights loaded strictly, so a file
 from another model or architecture fails here with its name in the message instead of predicting garbage.
@@ -10,7 +10,6 @@ from another model or architecture fails here with its name in the message inste
 from __future__ import annotations
 
 import inspect
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -20,17 +19,14 @@ from typing import Any
 import torch
 
 from lightning_bts.data import BrainTumorDataModule
-from lightning_bts.errors import UserError
-from lightning_bts.module import SegmentationModule
+from lightning_bts.training.checkpoint_file import CheckpointError, read_checkpoint, write_checkpoint_entry
+from lightning_bts.training.module import SegmentationModule
 
 PREPROCESSING_KEYS = ("image_size", "in_channels", "skull_strip")
 # Large entries CheckpointInfo.extra leaves out; with weight averaging (EMA) Lightning stores the averaged
 # weights as state_dict (what evaluation uses) and the raw ones as current_model_state.
 WEIGHT_KEYS = ("state_dict", "optimizer_states", "current_model_state", "averaging_state")
 
-
-class CheckpointError(UserError):
-    """A checkpoint cannot be used as a :class:`SegmentationModule`; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -61,28 +57,6 @@ class CheckpointInfo:
     preprocessing: Preprocessing
     data: dict[str, Any]
     extra: dict[str, Any]
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dictionary, loaded to CPU with ``weights_only=True`` (no arbitrary code from the file).
-
-    Raises:
-        CheckpointError: missing file, not a torch file, or not a Lightning checkpoint with a ``state_dict``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load on a foreign file fails in many ways (KeyError, EOFError, ...)
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be loaded as a PyTorch checkpoint: {first_line}") from error
-    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
-        raise CheckpointError(
-            f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict'); expected a .ckpt written by "
-            "scripts/fit.py"
-        )
-    return dict(checkpoint)
 
 
 def model_from_checkpoint(checkpoint: Mapping[str, Any], path: str | Path = "<checkpoint>") -> SegmentationModule:
@@ -225,24 +199,8 @@ def _module_hparams(checkpoint: Mapping[str, Any], path: str | Path) -> dict[str
     return hparams
 
 
-def write_checkpoint_entry(path: str | Path, key: str, value: Any) -> None:
-    """Adds or replaces the top-level entry ``key`` of the checkpoint ``path``; weights and the rest unchanged.
-
-    The file is rewritten through a temporary file in the same folder and a rename, so a reader sees the old
-    file or the new one, never half of one. ``value`` must be plain data (dicts, lists, numbers, strings) so
-    that ``torch.load(weights_only=True)`` still reads the file.
-
-    Raises:
-        CheckpointError: ``path`` is not a readable checkpoint, or its folder is not writable.
-    """
-    path = Path(path)
-    checkpoint = read_checkpoint(path)
-    checkpoint[key] = value
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(checkpoint, temporary)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise CheckpointError(f"cannot rewrite checkpoint {path}: {error}") from error
-    finally:
-        temporary.unlink(missing_ok=True)
+__all__ = [  # read_checkpoint, write_checkpoint_entry and CheckpointError live in checkpoint_file; found here too
+    "CheckpointError", "CheckpointInfo", "Preprocessing", "data_settings", "load_ensemble", "load_members",
+    "load_model", "model_from_checkpoint", "preprocessing_from_checkpoint", "preprocessing_from_dict",
+    "read_checkpoint", "write_checkpoint_entry",
+]

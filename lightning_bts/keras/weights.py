@@ -59,6 +59,7 @@ TORCH_TO_KERAS_KERNEL = {CONV: (2, 3, 1, 0), CONV_TRANSPOSE: (2, 3, 1, 0)}
 
 # Group names Keras 3 gives each layer class in a weights file (snake case of the class name).
 _KERAS3_GROUP_CLASS = {"conv2d": CONV, "conv2d_transpose": CONV_TRANSPOSE}
+NORM_LAYERS = (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)  # none exists in the Keras original
 _CLASS_GROUP = {cls: group for group, cls in _KERAS3_GROUP_CLASS.items()}
 
 
@@ -103,11 +104,15 @@ def unet_layers(model: UNet) -> list[TorchLayer]:
     """Our layers with weights in the Keras model's order (encoder, bottleneck, decoder, head).
 
     Raises:
-        KerasWeightsError: the UNet has BatchNorm, which the Keras original does not have.
+        KerasWeightsError: the UNet has a normalisation layer (``norm`` other than ``none``: batch, instance or
+            group norm), which the Keras original does not have.
     """
-    if any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
-        raise KerasWeightsError("this UNet has batch_norm=True; the Keras original has no BatchNorm layers, so "
-                                "its weights cannot be exchanged with it (build the UNet with batch_norm=False)")
+    norm = getattr(model, "norm", "none")
+    if norm != "none" or any(isinstance(module, NORM_LAYERS) for module in model.modules()):
+        flag = "batch_norm=True" if norm == "batch" else f"norm={norm!r}"
+        raise KerasWeightsError(f"this UNet has {flag}; the Keras original has no normalisation layers, so its "
+                                f"weights cannot be exchanged with it (build the UNet with norm='none', "
+                                f"batch_norm=False)")
     layers: list[TorchLayer] = []
 
     def add_block(prefix: str, block: nn.Module) -> None:
@@ -310,7 +315,7 @@ def export_keras_weights(model: UNet, path: str | Path) -> Path:
     """Write ``model``'s weights as a Keras 3 ``.weights.h5`` that ``keras_model.load_weights`` accepts.
 
     The Keras model must be the original architecture with the same ``in_channels``, ``base_filters`` and
-    ``depth`` (:func:`lightning_bts.keras_reference.build_keras_unet`). Only layers with weights are written;
+    ``depth`` (:func:`lightning_bts.keras.reference.build_keras_unet`). Only layers with weights are written;
     Keras finds nothing to load for the others.
 
     Raises:
@@ -337,47 +342,6 @@ def export_keras_weights(model: UNet, path: str | Path) -> Path:
     return path
 
 
-def save_lightning_checkpoint(net: UNet, path: str | Path, **module_kwargs) -> Path:
-    """Write ``net``'s weights as a checkpoint that ``SegmentationModule.load_from_checkpoint`` loads.
-
-    The module is built with ``net``'s ``in_channels``, ``base_filters``, ``depth`` and ``input_scale`` plus
-    ``module_kwargs`` (e.g. ``loss="bce"``), so its hyperparameters travel in the checkpoint. We write the
-    weights-only dictionary ``Trainer.save_checkpoint(weights_only=True)`` writes, without building a
-    ``Trainer``: that needs no accelerator probing, which matters in processes that also hold TensorFlow
-    (see :func:`lightning_bts.keras_reference.import_keras`). Not for resuming a fit (no optimizer state).
-    """
-    import pytorch_lightning as pl
-
-    from lightning_bts.module import SegmentationModule
-
-    layers = unet_layers(net)
-    config = {
-        "in_channels": layers[0].module.in_channels,
-        "base_filters": layers[0].module.out_channels,
-        "depth": net.depth,
-        "input_scale": net.input_scale,
-    }
-    module = SegmentationModule(**config, **module_kwargs)
-    module.net.load_state_dict(net.state_dict())
-    checkpoint = {
-        "epoch": 0,
-        "global_step": 0,
-        "pytorch-lightning_version": pl.__version__,
-        "state_dict": module.state_dict(),
-        module.CHECKPOINT_HYPER_PARAMS_NAME: module._hparams_name,
-        module.CHECKPOINT_HYPER_PARAMS_KEY: dict(module.hparams),
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
-    return path
-
-
-def keras_to_lightning_checkpoint(keras_path: str | Path, ckpt_path: str | Path, **module_kwargs) -> Path:
-    """Convert a Keras file of the original U-Net into a Lightning checkpoint (no TensorFlow needed)."""
-    return save_lightning_checkpoint(unet_from_keras(keras_path), ckpt_path, **module_kwargs)
-
-
 __all__ = [
     "CONV",
     "CONV_TRANSPOSE",
@@ -388,10 +352,8 @@ __all__ = [
     "TorchLayer",
     "export_keras_weights",
     "infer_unet_config",
-    "keras_to_lightning_checkpoint",
     "load_keras_weights",
     "read_keras_layers",
-    "save_lightning_checkpoint",
     "unet_from_keras",
     "unet_layers",
 ]

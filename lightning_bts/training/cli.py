@@ -19,11 +19,15 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from lightning_bts.console import RunHeader, quiet_lightning, tensorboard_without_tensorflow
 from lightning_bts.data import BrainTumorDataModule
-from lightning_bts.module import SegmentationModule
-from lightning_bts.preview import ValidationPreview
-from lightning_bts.xla import register_xla_accelerator, skip_tpu_probe_without_tpu_chips, xla_trainer_overrides
+from lightning_bts.training.console import RunHeader, quiet_lightning, tensorboard_without_tensorflow
+from lightning_bts.training.module import SegmentationModule
+from lightning_bts.training.preview import ValidationPreview
+from lightning_bts.xla.accelerator import (
+    register_xla_accelerator,
+    skip_tpu_probe_without_tpu_chips,
+    xla_trainer_overrides,
+)
 
 MONITOR = "val/dice"
 SHORTCUTS = ("accelerator", "devices", "precision")
@@ -58,7 +62,7 @@ class BTSCLI(LightningCLI):
         self.claimed_run_dir: Path | None = None  # the run folder this CLI created (see claim_run_dir)
         self.created_dirs: list[Path] = []  # its parents that did not exist before
         self.trainer_overrides = dict(trainer_overrides or {})
-        register_xla_accelerator()  # --accelerator xla: torch_xla on any PJRT device (lightning_bts.xla)
+        register_xla_accelerator()  # --accelerator xla: torch_xla on any PJRT device (lightning_bts.xla.accelerator)
         skip_tpu_probe_without_tpu_chips()  # no torch_xla import in a run that does not use it
         quiet_lightning()
         tensorboard_without_tensorflow()
@@ -149,7 +153,7 @@ class BTSCLI(LightningCLI):
         if config.get("enable_checkpointing") is not False and not _has(config.get("callbacks"), ModelCheckpoint):
             callbacks.extend(default_checkpoints())
         if config.get("logger") is not False and not _has(config.get("callbacks"), LearningRateMonitor):
-            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
         return super()._instantiate_trainer(config, callbacks + self.extra_callbacks)
 
 

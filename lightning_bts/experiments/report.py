@@ -1,6 +1,6 @@
 """The cross-validation report: the paper's table beside ours, paired statistics, curves, box plots, gallery.
 
-Reads only what :mod:`lightning_bts.cv` wrote to its results folder (plus the dataset, for the gallery's
+Reads only what :mod:`lightning_bts.experiments.cv` wrote to its results folder (plus the dataset, for the gallery's
 images) and writes, next to it: ``report.md``, ``summary.csv`` (mean, sd, 95% t-interval across folds per
 loss and metric, with the paper's value), ``paired.csv`` (the paired tests), ``curves.png``,
 ``dice_by_type.png`` and ``gallery.png``. Every number in the Markdown comes from those CSVs.
@@ -25,12 +25,12 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lightning_bts.cv import collect, run_name  # noqa: E402
 from lightning_bts.data.preprocess import preprocess_slice  # noqa: E402
 from lightning_bts.data.records import load_records  # noqa: E402
 from lightning_bts.errors import UserError  # noqa: E402
 from lightning_bts.evaluation import load_predictions, write_files_atomically  # noqa: E402
-from lightning_bts.stats import paired_t_test, summarize, wilcoxon_signed_rank  # noqa: E402
+from lightning_bts.experiments.runs import collect, run_name  # noqa: E402
+from lightning_bts.experiments.stats import paired_t_test, summarize, wilcoxon_signed_rank  # noqa: E402
 
 # The paper's 5-fold means (its headline table) and its Hausdorff interval for focal loss (mm).
 PAPER = {
@@ -216,13 +216,17 @@ def _protocol_lines(data: dict[str, Any]) -> list[str]:
         f"{first['patient_group'].nunique()} patient groups; tumour types {types}",
         f"- split: {protocol['num_folds']}-fold `StratifiedGroupKFold` by `patient_group` (stratified by tumour "
         f"type), split seed {config['split_seed']}, the same folds for every loss",
-        f"- model: U-Net, base filters {config['base_filters']}, batch norm {config['batch_norm']}, dropout scale "
+        f"- model: {_network(config)}, base filters {config['base_filters']}, norm `{_norm(config)}` (batch norm "
+        f"{config['batch_norm']}), deep supervision {config.get('deep_supervision', False)}, dropout scale "
         f"{config['dropout_scale']}; weights re-initialised from `seed_everything({config['seed_everything']})` "
         "for every fold and loss (identical initial weights: a paired comparison)",
         f"- input: {config['image_size']}x{config['image_size']} px, {config['in_channels']} channels, skull "
-        f"stripping `{config['skull_strip']}`, augmentation {config['augment']}",
-        f"- training: {config['max_epochs']} epochs, batch {config['batch_size']}, Adam lr {config['lr']} eps "
-        f"{config['adam_eps']}, precision `{config['precision']}`, accelerator `{config['accelerator']}`"
+        f"stripping `{config['skull_strip']}`, augmentation {config['augment']} (`data.augmentation` "
+        f"{config.get('augmentation')})",
+        f"- training: {config['max_epochs']} epochs, batch {config['batch_size']}, optimizer `{_optimizer(config)}` "
+        f"lr {config['lr']} eps {config['adam_eps']}, scheduler `{config.get('scheduler') or 'none'}`, warm-up "
+        f"{config.get('warmup_epochs') or 0} epochs, EMA decay {config.get('ema_decay')}, precision "
+        f"`{config['precision']}`, accelerator `{config['accelerator']}`"
         + (f", limit_train_batches {config['limit_train_batches']}" if config.get("limit_train_batches") else "")
         + f"; focal gamma {config['focal_gamma']}, alpha {config['focal_alpha']}",
         f"- evaluation: the weights after the last epoch (not the best epoch) on the fold's validation slices, "
@@ -235,6 +239,25 @@ def _protocol_lines(data: dict[str, Any]) -> list[str]:
     if varying:
         lines.append(f"- WARNING: settings differ between runs: {sorted(varying)}")
     return lines
+
+
+def _network(config: dict[str, Any]) -> str:
+    """``paper_unet`` (the U-Net) or the smp architecture and encoder; runs recorded before ``model.arch``: U-Net."""
+    arch = config.get("arch") or "paper_unet"
+    return "U-Net (`paper_unet`)" if arch == "paper_unet" else f"`{arch}` (encoder `{config.get('encoder')}`)"
+
+
+def _norm(config: dict[str, Any]) -> str:
+    """``model.norm``, with the older ``batch_norm: true`` meaning ``batch`` (as the module reads them)."""
+    norm = config.get("norm") or "none"
+    return "batch" if norm == "none" and config.get("batch_norm") else norm
+
+
+def _optimizer(config: dict[str, Any]) -> str:
+    """``model.optimizer``; runs recorded before it: ``keras_adam`` unless ``keras_adam: false`` (then ``adam``)."""
+    if config.get("optimizer"):
+        return config["optimizer"]
+    return "adam" if config.get("keras_adam") is False else "keras_adam"
 
 
 def _resolution(metrics: dict[str, Any], config: dict[str, Any]) -> str:
@@ -323,7 +346,7 @@ def _markdown(data: dict[str, Any], summary: pd.DataFrame, paired: pd.DataFrame,
 
 
 def build_report(out_dir: str | Path) -> Path:
-    """Write the report files into ``out_dir`` (a :mod:`lightning_bts.cv` results folder); returns report.md."""
+    """Write the report files into ``out_dir`` (a cross-validation results folder); returns report.md."""
     out_dir = Path(out_dir)
     if not (out_dir / "protocol.json").is_file():
         raise UserError(f"{out_dir} is not a cross-validation results folder (no protocol.json)")

@@ -9,8 +9,8 @@ from typing import Any
 
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from lightning_bts.cli import BTSCLI, MONITOR
-from lightning_bts.preview import ValidationPreview
+from lightning_bts.training.cli import BTSCLI, MONITOR
+from lightning_bts.training.preview import ValidationPreview
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class TrainResult:
     log_dir: Path
     last_checkpoint: Path | None
     best_checkpoint: Path | None
-    preview: Path | None = None  # validation_preview.png (lightning_bts.preview), if one was drawn
+    preview: Path | None = None  # validation_preview.png (lightning_bts.training.preview), if one was drawn
 
 
 def train(args: Sequence[str] | None = None, callbacks: Sequence[Callback] = (),

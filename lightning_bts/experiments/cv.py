@@ -1,6 +1,6 @@
 """k-fold cross-validation of several losses: the paper's focal-vs-BCE experiment, made leakage-free.
 
-Every (fold, loss) run is one call of :func:`lightning_bts.train.train` with the user's config and
+Every (fold, loss) run is one call of :func:`lightning_bts.training.train.train` with the user's config and
 overrides plus ``--data.fold K --model.loss LOSS``. Each call re-parses the config, so ``seed_everything``
 re-seeds and the model is built afresh: every fold and every loss starts from the *same* initial weights
 (the notebook re-used one model across folds), and the split depends only on the data, ``data.seed`` and
@@ -41,7 +41,6 @@ import pandas as pd
 import yaml
 from pytorch_lightning.callbacks import Callback
 
-from lightning_bts.errors import UserError
 from lightning_bts.evaluation import (
     PRECISIONS,
     evaluate_checkpoints,
@@ -49,8 +48,8 @@ from lightning_bts.evaluation import (
     to_json,
     write_files_atomically,
 )
-from lightning_bts.evaluation.scoring import GRID_PREFIX
-from lightning_bts.train import train
+from lightning_bts.experiments.runs import CVError, collect, result_path, run_name
+from lightning_bts.training.train import train
 
 DEFAULT_LOSSES = ("focal", "bce")
 VERSION = "cv"
@@ -60,9 +59,6 @@ RESERVED = ("--data.fold", "--data.num_folds", "--model.loss", "--run_name", "--
 # What makes two invocations the same experiment (a re-run may add losses or folds, nothing else).
 PROTOCOL_KEYS = ("train_args", "num_folds", "threshold", "eval_precision")
 
-
-class CVError(UserError):
-    """The cross-validation cannot run or resume as asked; the message says why."""
 
 
 class FinalCheckpoint(Callback):
@@ -79,14 +75,6 @@ class FinalCheckpoint(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         self.path = Path(trainer.log_dir) / "checkpoints" / "final.ckpt"
         trainer.save_checkpoint(self.path, weights_only=True)
-
-
-def run_name(loss: str, fold: int) -> str:
-    return f"{loss}_fold{fold}"
-
-
-def result_path(out_dir: str | Path, loss: str, fold: int) -> Path:
-    return Path(out_dir) / "folds" / f"{run_name(loss, fold)}.json"
 
 
 def git_commit() -> str:
@@ -155,6 +143,11 @@ def _resolved_config(log_dir: Path) -> dict[str, Any]:
         "loss": model.get("loss"), "focal_gamma": model.get("focal_gamma"), "focal_alpha": model.get("focal_alpha"),
         "lr": model.get("lr"), "adam_eps": model.get("adam_eps"), "dropout_scale": model.get("dropout_scale"),
         "base_filters": model.get("base_filters"), "batch_norm": model.get("batch_norm"),
+        "arch": model.get("arch", "paper_unet"), "encoder": model.get("encoder"), "norm": model.get("norm", "none"),
+        "deep_supervision": model.get("deep_supervision", False), "optimizer": model.get("optimizer"),
+        "keras_adam": model.get("keras_adam"), "weight_decay": model.get("weight_decay"),
+        "scheduler": model.get("scheduler"), "warmup_epochs": model.get("warmup_epochs"),
+        "ema_decay": model.get("ema_decay"), "augmentation": data.get("augmentation"),
         "root": data.get("root"), "image_size": data.get("image_size"), "in_channels": data.get("in_channels"),
         "skull_strip": data.get("skull_strip"), "num_folds": data.get("num_folds"), "fold": data.get("fold"),
         "split_seed": data.get("seed"), "batch_size": data.get("batch_size"), "augment": data.get("augment"),
@@ -209,40 +202,6 @@ def run_one(out_dir: Path, train_args: list[str], loss: str, fold: int, num_fold
     })
     write_files_atomically(out_dir, {f"folds/{name}.json": to_json(record)})  # last: marks the run finished
     return record
-
-
-def collect(out_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Concatenate the finished runs into ``folds.csv``, ``per_image.csv`` and ``curves.csv`` (and return them)."""
-    out_dir = Path(out_dir)
-    records = [json.loads(p.read_text()) for p in sorted((out_dir / "folds").glob("*.json"))]
-    if not records:
-        raise CVError(f"{out_dir} holds no finished runs (folds/*.json)")
-    rows = []
-    for record in records:
-        metrics = record["metrics"]
-        row = {"loss": record["loss"], "fold": record["fold"], "n_val": metrics["n_images"],
-               "n_train": record["n_train"], "train_seconds": record["train_seconds"]}
-        row.update(_numbers(metrics))
-        row.update({f"{k}_per_image": v for k, v in metrics["per_image"].items()})
-        if "model_grid" in metrics:  # folds evaluated before native-resolution scores have none
-            row.update({f"{GRID_PREFIX}{k}": v for k, v in _numbers(metrics["model_grid"]).items()})
-            row.update({f"{GRID_PREFIX}{k}_per_image": v for k, v in metrics["model_grid"]["per_image"].items()})
-        rows.append(row)
-    names = [run_name(r["loss"], r["fold"]) for r in records]
-    tables = {
-        "folds": pd.DataFrame(rows).sort_values(["loss", "fold"], ignore_index=True),
-        "per_image": pd.concat([pd.read_csv(out_dir / "per_image" / f"{n}.csv", dtype={"key": str,
-                               "patient_group": str}) for n in names], ignore_index=True),
-        "curves": pd.concat([pd.read_csv(out_dir / "curves" / f"{n}.csv") for n in names], ignore_index=True),
-    }
-    write_files_atomically(out_dir, {f"{name}.csv": table.to_csv(index=False) for name, table in tables.items()})
-    return tables
-
-
-def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of a metrics dict (not the threshold, not flags)."""
-    return {k: v for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and k != "threshold"}
 
 
 def run_cv(
@@ -320,6 +279,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_cv(train_args, args.out, args.losses, args.num_folds, args.folds, args.threshold, args.eval_precision,
                command=" ".join(["python scripts/cv.py", *(sys.argv[1:] if argv is None else argv)]))
     if args.report or args.report_only:
-        from lightning_bts.report import build_report
+        from lightning_bts.experiments.report import build_report
 
         print(f"[cv] report: {build_report(args.out)}")

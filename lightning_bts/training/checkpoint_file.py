@@ -1,0 +1,64 @@
+"""A checkpoint file as data: read with ``weights_only=True`` and checked, or one top-level entry rewritten
+atomically. Plain torch: no module is built here, so :mod:`lightning_bts.training.module` (``init_weights``) and
+:mod:`lightning_bts.training.checkpoints` (which rebuilds the module) both import it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_bts.errors import UserError
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be used as a :class:`SegmentationModule`; the message names the file."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dictionary, loaded to CPU with ``weights_only=True`` (no arbitrary code from the file).
+
+    Raises:
+        CheckpointError: missing file, not a torch file, or not a Lightning checkpoint with a ``state_dict``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load on a foreign file fails in many ways (KeyError, EOFError, ...)
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded as a PyTorch checkpoint: {first_line}") from error
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise CheckpointError(
+            f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict'); expected a .ckpt written by "
+            "scripts/fit.py"
+        )
+    return dict(checkpoint)
+
+
+def write_checkpoint_entry(path: str | Path, key: str, value: Any) -> None:
+    """Adds or replaces the top-level entry ``key`` of the checkpoint ``path``; weights and the rest unchanged.
+
+    The file is rewritten through a temporary file in the same folder and a rename, so a reader sees the old
+    file or the new one, never half of one. ``value`` must be plain data (dicts, lists, numbers, strings) so
+    that ``torch.load(weights_only=True)`` still reads the file.
+
+    Raises:
+        CheckpointError: ``path`` is not a readable checkpoint, or its folder is not writable.
+    """
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    checkpoint[key] = value
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(checkpoint, temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise CheckpointError(f"cannot rewrite checkpoint {path}: {error}") from error
+    finally:
+        temporary.unlink(missing_ok=True)
