@@ -108,6 +108,7 @@ class BTSCLI(LightningCLI):
                 "trainer.log_every_n_steps": 5,
                 "model.loss": "dice_bce",
                 "data.batch_size": 8,
+                "data.image_size": 128,  # 4x fewer pixels than 256, the same Dice on the sample (quick_cpu.yaml)
             }
         )
 
