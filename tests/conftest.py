@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +10,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+
+# The suite imports TensorFlow (Keras parity) and torch_xla (XLA paths) into one process. Both bundle LLVM, and
+# torch_xla imported after TensorFlow aborts the process ("LLVM ERROR: inconsistency in registered CommandLine
+# options"); the other order works. Runs of the package never need both, so the tests put torch_xla first.
+if importlib.util.find_spec("torch_xla") is not None:
+    os.environ.setdefault("PJRT_DEVICE", "CPU")  # what torch_xla picks here anyway, without its warning
+    import torch_xla  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = REPO / "data" / "sample"
