@@ -23,6 +23,7 @@ from lightning_bts.data import BrainTumorDataModule
 from lightning_bts.training.console import RunHeader, quiet_lightning, tensorboard_without_tensorflow
 from lightning_bts.training.module import SegmentationModule
 from lightning_bts.training.preview import ValidationPreview
+from lightning_bts.training.wall_clock import WallClock
 from lightning_bts.xla.accelerator import (
     register_xla_accelerator,
     skip_tpu_probe_without_tpu_chips,
@@ -136,7 +137,7 @@ class BTSCLI(LightningCLI):
         xla_kwargs, xla_callbacks = xla_trainer_overrides(config.trainer.get("accelerator"))  # {}, [] off XLA
         kwargs.update(xla_kwargs)
         kwargs.update(self.trainer_overrides)
-        self.extra_callbacks += xla_callbacks + [RunHeader(), ValidationPreview(config.preview_slices)]
+        self.extra_callbacks += xla_callbacks + [RunHeader(), WallClock(), ValidationPreview(config.preview_slices)]
         # One example image lets the model summary count FLOPs (its column reads 0 without one).
         data = config.data
         self.model.example_input_array = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
