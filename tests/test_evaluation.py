@@ -13,6 +13,7 @@ import torch
 
 from lightning_bts.data import DatasetError, load_records
 from lightning_bts.evaluation import Predictor, evaluate, evaluate_checkpoints, format_table
+from lightning_bts.evaluation.bootstrap import confidence_intervals
 from lightning_bts.evaluation.data import evaluation_data
 from lightning_bts.evaluation.evaluate_cli import main
 from lightning_bts.training.checkpoints import CheckpointError
@@ -78,6 +79,18 @@ def test_evaluate_script_reproduces_the_logged_validation_metrics_at_the_model_g
     expected = [int((cv2.imread(records.loc[key, "mask_path"], cv2.IMREAD_GRAYSCALE) > 0).sum())
                 for key in per_image["key"]]
     assert per_image["tumor_pixels"].tolist() == expected
+    assert (per_image["tp"] + per_image["fn"]).tolist() == expected
+    assert (per_image["tp"] + per_image["fp"]).tolist() == per_image["predicted_pixels"].tolist()
+
+    # 95 % intervals of the native scores, from a bootstrap over the validation patients
+    n_patients = per_image["patient_group"].nunique()
+    assert set(written["ci95"]) == {"dice", "dice_per_image", "precision", "recall", "hd95"}
+    assert written["ci_method"] == f"bootstrap over {n_patients} patients, 2000 resamples, percentile, seed 0"
+    for name, value in [("dice", written["dice"]), ("dice_per_image", written["per_image"]["dice"])]:
+        low, high = written["ci95"][name]
+        assert low <= value <= high, name
+    assert "95% CI" in printed and "ci95" not in grid
+    assert confidence_intervals(per_image)["ci95"] == written["ci95"]  # per_image.csv is enough to redo it
     assert not list(tmp_path.glob(".*.tmp"))
 
 

@@ -8,7 +8,9 @@
 Writes ``metrics.json`` (top level: every metric at each slice's original size, ``resolution: native``;
 ``model_grid``: the same at the model's grid; the post-processing and TTA used and where they came from) and
 ``per_image.csv`` (one row per slice: native columns, then ``model_grid_*``); ``--save-predictions`` adds
-``predictions.npz`` (model-grid masks). See :mod:`lightning_bts.evaluation.scoring`.
+``predictions.npz`` (model-grid masks). The native pooled Dice, precision, recall, mean Dice per slice and mean
+HD95 get 95 % intervals from a bootstrap over patients (``ci95``, ``ci_method``; ``--bootstrap N`` resamples,
+0 for none). See :mod:`lightning_bts.evaluation.scoring` and :mod:`lightning_bts.evaluation.bootstrap`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_bts.evaluation.bootstrap import DEFAULT_RESAMPLES
 from lightning_bts.evaluation.data import PARTS
 from lightning_bts.evaluation.outputs import format_table, write_evaluation
 from lightning_bts.evaluation.predictor import PRECISIONS
@@ -57,6 +60,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=None, help="preprocessing cache (see data.cache_dir)")
     parser.add_argument("--save-predictions", action="store_true",
                         help="also write predictions.npz (masks at the model's grid)")
+    parser.add_argument("--bootstrap", type=_resamples, default=DEFAULT_RESAMPLES, metavar="N",
+                        help="resamples of the patients for the 95%% confidence intervals of the native scores "
+                        f"(ci95 in metrics.json; seed 0; default {DEFAULT_RESAMPLES}; 0: none)")
     return parser.parse_args(argv)
 
 
@@ -70,10 +76,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
     evaluation = evaluate_checkpoints(
         args.ckpt, args.data_root, args.part, args.threshold, args.precision, args.device, args.batch_size,
         args.cache_dir, keep_predictions=args.save_predictions, tta=args.tta, postprocessing=args.postprocessing,
-        pixel_spacing=args.pixel_spacing,
+        pixel_spacing=args.pixel_spacing, bootstrap=args.bootstrap,
     )
     out = write_evaluation(evaluation, args.out)
     written = json.loads((out / "metrics.json").read_text())  # print what was written, not a second copy
     print(format_table(written))
     print(f"wrote {out / 'metrics.json'} and {out / 'per_image.csv'}")
     return out
+
+
+def _resamples(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no intervals) or a number of resamples, got {value}")
+    return value

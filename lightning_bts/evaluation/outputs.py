@@ -99,18 +99,28 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
 
 def format_table(metrics: Mapping[str, Any]) -> str:
     """The headline table: native pooled and per-image ratios in percent and Hausdorff means, beside the
-    model-grid pooled values (when ``metrics`` has them)."""
+    model-grid pooled values (when ``metrics`` has them), and the native 95 % intervals (when it has ``ci95``:
+    pooled, and for Dice also per image)."""
     grid = metrics.get("model_grid")
+    ci = metrics.get("ci95") or {}
     native = "native" if grid else "pooled"
-    lines = [f"{'metric':<12}{native:>10}{'per image':>12}" + (f"{'model grid':>13}" if grid else "")]
+    header = f"{'metric':<12}{native:>10}{'per image':>12}" + (f"{'model grid':>13}" if grid else "")
+    lines = [header + ("   95% CI (per image)" if ci else "")]
     for name in RATIO_NAMES:
         line = f"{name:<12}{100 * metrics[name]:>9.2f}%{100 * metrics['per_image'][name]:>11.2f}%"
-        lines.append(line + (f"{100 * grid[name]:>12.2f}%" if grid else ""))
+        line += f"{100 * grid[name]:>12.2f}%" if grid else ""
+        if name in ci:
+            line += f"   {_interval(ci[name], 100, '%')}"
+            line += f" ({_interval(ci[f'{name}_per_image'], 100, '%')})" if f"{name}_per_image" in ci else ""
+        lines.append(line)
     for name in ("hd", "hd95"):
         line = f"{name:<12}{metrics[name]:>7.2f} {_units(metrics)}{'':>12}"
-        lines.append(line + (f"{grid[name]:>10.2f} {_units(grid)}" if grid else ""))
+        line += f"{grid[name]:>10.2f} {_units(grid)}" if grid else ""
+        lines.append(line + (f"   {_interval(ci[name], 1, ' ' + _units(metrics))}" if name in ci else ""))
     lines.append(f"{metrics.get('n_images', '?')} slices ({metrics.get('part')}), {metrics.get('hd_empty', 0)} with an "
                  "empty prediction or mask")
+    if "ci_method" in metrics:
+        lines.append(f"95% CI: {metrics['ci_method']}")
     if grid:
         lines.append(f"native: each slice at its original size; model grid: {grid.get('resolution')}")
     if "postprocessing_rule" in metrics:
@@ -121,6 +131,13 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     if metrics.get("note"):
         lines.append(f"note: {metrics['note']}")
     return "\n".join(lines)
+
+
+def _interval(bounds: Sequence[float | None], scale: float, unit: str) -> str:
+    if any(bound is None or not math.isfinite(bound) for bound in bounds):
+        return "n/a"  # e.g. HD95 defined on no slice
+    low, high = (scale * bound for bound in bounds)
+    return f"{low:.1f}-{high:.1f}{unit}" if unit == "%" else f"{low:.2f}-{high:.2f}{unit}"
 
 
 def _units(metrics: Mapping[str, Any]) -> str:

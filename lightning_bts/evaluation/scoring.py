@@ -14,7 +14,9 @@ post-processing stored with it. Each slice is scored twice:
 The ratios follow :mod:`lightning_bts.metrics` (pooled over all pixels of the part, and the mean per slice;
 a ratio with a zero denominator is 1 for a perfect prediction, else 0). Hausdorff distances are in mm when a
 spacing is known (``pixel_spacing`` of the original slices, or the model's ``pixel_spacing_mm`` of its grid,
-converted per slice), else in pixels of each grid.
+converted per slice), else in pixels of each grid. The native pooled Dice, precision and recall, the mean
+Dice per slice and the mean HD95 carry 95 % intervals from a bootstrap over patients (``ci95``, from the
+per-slice TP/FP/FN counts, see :mod:`lightning_bts.evaluation.bootstrap`).
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ import torch
 
 from lightning_bts.data import BrainTumorDataModule
 from lightning_bts.errors import ConfigError
+from lightning_bts.evaluation.bootstrap import DEFAULT_RESAMPLES, confidence_intervals
 from lightning_bts.evaluation.data import evaluation_data, iterate_slices
 from lightning_bts.evaluation.postprocess import PostProcessing
 from lightning_bts.evaluation.predictor import Predictor, to_original_size
 from lightning_bts.evaluation.settings import selection_record
 from lightning_bts.metrics import RATIO_NAMES, hausdorff_distances, ratios_from_stats
 
-SLICE_COLUMNS = (*RATIO_NAMES, "hd", "hd95", "tumor_pixels", "predicted_pixels")
+SLICE_COLUMNS = (*RATIO_NAMES, "hd", "hd95", "tumor_pixels", "predicted_pixels", "tp", "fp", "fn")
 PER_IMAGE_COLUMNS = ("key", "patient_group", "tumor_type", *SLICE_COLUMNS, "height", "width")
 GRID_PREFIX = "model_grid_"
 
@@ -72,7 +75,7 @@ class SliceScores:
         tp, fp, tn, fn, hd, hd95, _ = (np.asarray(column) for column in zip(*self._rows))
         ratios = ratios_from_stats(*(torch.from_numpy(x) for x in (tp, fp, tn, fn)))
         return pd.DataFrame({**{name: ratios[name].numpy() for name in RATIO_NAMES}, "hd": hd, "hd95": hd95,
-                             "tumor_pixels": tp + fn, "predicted_pixels": tp + fp})
+                             "tumor_pixels": tp + fn, "predicted_pixels": tp + fp, "tp": tp, "fp": fp, "fn": fn})
 
     def summary(self) -> dict[str, Any]:
         """Pooled ratios, their per-slice means under ``per_image``, Hausdorff means and ``hd_empty``."""
@@ -111,12 +114,17 @@ def evaluate(
     part: str = "val",
     pixel_spacing: Sequence[float] | None = None,
     keep_predictions: bool = False,
+    bootstrap: int = DEFAULT_RESAMPLES,
 ) -> Evaluation:
     """Native and model-grid metrics of ``predictor`` on ``datamodule``'s ``part``.
 
     ``part`` is ``"val"``, ``"train"``, ``"test"`` or ``"all"`` (see :meth:`BrainTumorDataModule.indices`);
-    ``pixel_spacing`` is mm per pixel of the original slices (one value or row, column).
+    ``pixel_spacing`` is mm per pixel of the original slices (one value or row, column); ``bootstrap``
+    resamples of the patients give the native scores' 95 % intervals (``ci95``, ``ci_method``; 0: none, see
+    :mod:`lightning_bts.evaluation.bootstrap`).
     """
+    if bootstrap < 0:
+        raise ConfigError(f"bootstrap must be 0 (no intervals) or a number of resamples, got {bootstrap}")
     datamodule.load()
     size = predictor.preprocessing.image_size
     model = predictor.models[0]
@@ -147,6 +155,7 @@ def evaluate(
         "resolution": "native",
         **native.summary(),
         "hd_units": "mm" if millimetres else "pixels of the original slices",
+        **confidence_intervals(per_image, bootstrap),
         "model_grid": {"resolution": f"{size}x{size}", **grid.summary(),
                        "hd_units": "mm" if millimetres else "pixels of the model grid"},
         "n_images": len(per_image), "part": part, "data_root": str(datamodule.hparams.root), "image_size": size,
@@ -168,12 +177,14 @@ def evaluate_checkpoints(
     tta: bool | None = None,
     postprocessing: PostProcessing | None = None,
     pixel_spacing: Sequence[float] | None = None,
+    bootstrap: int = DEFAULT_RESAMPLES,
 ) -> Evaluation:
     """Evaluate checkpoint(s) on their own part (``val`` by default; ``test``: the held-out patients), or on
     every slice of another dataset folder (``data_root``).
 
     TTA and post-processing are those stored with the checkpoints unless ``tta``, ``postprocessing`` or
-    ``threshold`` override them. Everything is read and checked before anything is computed.
+    ``threshold`` override them. ``bootstrap``: resamples of the patients for the 95 % intervals (0: none).
+    Everything is read and checked before anything is computed.
 
     Raises:
         InferenceError, ConfigError, CheckpointError: see :meth:`Predictor.from_checkpoints` and
@@ -182,7 +193,7 @@ def evaluate_checkpoints(
     """
     predictor = Predictor.from_checkpoints(paths, device, precision, tta, postprocessing, threshold)
     datamodule, part = evaluation_data(predictor.sources, data_root, part, batch_size, cache_dir)
-    evaluation = evaluate(predictor, datamodule, part, pixel_spacing, keep_predictions)
+    evaluation = evaluate(predictor, datamodule, part, pixel_spacing, keep_predictions, bootstrap)
     evaluation.metrics["checkpoints"] = [str(path) for path in paths]
     if predictor.settings_source.startswith("checkpoint") and _selected_here(predictor, datamodule, part):
         evaluation.metrics["note"] = ("the post-processing was selected on these same slices: the scores are "

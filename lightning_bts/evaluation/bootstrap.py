@@ -1,0 +1,102 @@
+"""95 % confidence intervals of an evaluation's scores, by a bootstrap over patients (a cluster bootstrap).
+
+Why patients and not slices: the slices of one patient are correlated (one tumour, neighbouring cuts, one
+scanner), so resampling slices counts them as independent evidence and gives intervals that are too narrow,
+the more so the more slices a patient has; and a model is judged on new patients, so the patient is what
+varies from one test set to the next. Each resample draws as many patients as there are, with replacement,
+and every slice of a drawn patient comes along (twice if the patient is drawn twice). Each statistic is then
+computed in its own form, as :class:`~lightning_bts.evaluation.scoring.SliceScores` computes the point value:
+
+- ``dice``, ``precision``, ``recall``: pooled, from the summed TP/FP/FN of the drawn slices
+  (:func:`lightning_bts.metrics.ratios_from_stats`, with its rule for a zero denominator);
+- ``dice_per_image``: the mean Dice of the drawn slices;
+- ``hd95``: the mean HD95 of the drawn slices where it is defined (not NaN).
+
+The interval is the percentile interval of the resampled values (2.5th and 97.5th percentiles). Patients are
+the ``patient_group`` of the dataset (without a metadata.csv every slice is its own group, and the interval
+is then a slice bootstrap). ``scipy.stats.bootstrap`` resamples the observations of its arrays, not groups of
+rows whose counts are summed before a ratio is taken, so the resampling is done here: one matrix of draw
+counts (resample x patient) times the per-patient sums.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lightning_bts.errors import ConfigError
+from lightning_bts.metrics import ratios_from_stats
+
+CI_NAMES = ("dice", "dice_per_image", "precision", "recall", "hd95")
+REQUIRED_COLUMNS = ("patient_group", "tp", "fp", "fn", "dice", "hd95")
+DEFAULT_RESAMPLES = 2000
+DEFAULT_SEED = 0
+LEVEL = 0.95
+
+
+def patient_bootstrap(
+    per_image: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> dict[str, np.ndarray]:
+    """The statistics of :data:`CI_NAMES` in each of ``n_resamples`` resamples of the patients: ``(n_resamples,)``.
+
+    ``per_image`` has one row per slice with :data:`REQUIRED_COLUMNS` (as ``per_image.csv``); the order of its
+    rows does not matter (patients are sorted). The draws come from ``numpy.random.default_rng(seed)``. An
+    ``hd95`` is NaN in a resample whose slices have no defined HD95.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in per_image.columns]
+    if missing:
+        raise ConfigError(f"a bootstrap over patients needs the per-slice columns {missing}")
+    if n_resamples < 1:
+        raise ConfigError(f"the number of bootstrap resamples must be positive, got {n_resamples}")
+    _, patient = np.unique(per_image["patient_group"].astype(str).to_numpy(), return_inverse=True)
+    n_patients = int(patient.max()) + 1
+    hd95 = per_image["hd95"].to_numpy(dtype=float)
+    defined = ~np.isnan(hd95)
+    per_slice = np.column_stack([
+        per_image["tp"].to_numpy(dtype=float), per_image["fp"].to_numpy(dtype=float),
+        per_image["fn"].to_numpy(dtype=float), np.ones(len(per_image)), per_image["dice"].to_numpy(dtype=float),
+        np.where(defined, hd95, 0.0), defined.astype(float),
+    ])
+    per_patient = np.zeros((n_patients, per_slice.shape[1]))
+    np.add.at(per_patient, patient, per_slice)
+
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, n_patients, size=(n_resamples, n_patients))
+    # how often each patient was drawn in each resample, then the sums over the drawn slices
+    counts = np.bincount((drawn + n_patients * np.arange(n_resamples)[:, None]).ravel(),
+                         minlength=n_resamples * n_patients).reshape(n_resamples, n_patients)
+    tp, fp, fn, slices, dice_sum, hd95_sum, hd95_defined = (counts @ per_patient).T
+    pooled = ratios_from_stats(*(torch.from_numpy(x) for x in (tp, fp, np.zeros_like(tp), fn)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hd95_mean = np.where(hd95_defined > 0, hd95_sum / hd95_defined, np.nan)
+    return {"dice": pooled["dice"].numpy(), "dice_per_image": dice_sum / slices,
+            "precision": pooled["precision"].numpy(), "recall": pooled["recall"].numpy(), "hd95": hd95_mean}
+
+
+def confidence_intervals(
+    per_image: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> dict[str, Any]:
+    """The metrics.json entries: ``ci95`` (``{name: [low, high]}`` for :data:`CI_NAMES`) and ``ci_method``.
+
+    With ``n_resamples == 0`` or fewer than 2 patients there is no interval: only ``ci_method``, saying why.
+    """
+    if n_resamples < 0:
+        raise ConfigError(f"the number of bootstrap resamples must be 0 (off) or positive, got {n_resamples}")
+    n_patients = per_image["patient_group"].nunique() if "patient_group" in per_image.columns else 0
+    if n_resamples == 0:
+        return {"ci_method": "none: bootstrap turned off (0 resamples)"}
+    if n_patients < 2:
+        return {"ci_method": f"none: a bootstrap over patients needs at least 2 patients, these slices come from "
+                             f"{n_patients}"}
+    resampled = patient_bootstrap(per_image, n_resamples, seed)
+    tail = 100 * (1 - LEVEL) / 2
+    intervals = {}
+    for name in CI_NAMES:
+        values = resampled[name][~np.isnan(resampled[name])]
+        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
+        intervals[name] = [float(low), float(high)]
+    return {"ci95": intervals, "ci_method": f"bootstrap over {n_patients} patients, {n_resamples} resamples, "
+                                           f"percentile, seed {seed}"}
