@@ -65,8 +65,9 @@ def test_ema_weights_are_validated_saved_and_kept_after_fit(tmp_path):
     fit.fit(module, train_dataloaders=data, val_dataloaders=DataLoader(disc_batches(1), batch_size=2))
 
     ema = recorder.weights[0]  # the average starts as a copy of the weights after the first step
-    for raw in recorder.weights[1:]:
-        ema = decay * ema + (1 - decay) * raw
+    for n, raw in enumerate(recorder.weights[1:], start=1):
+        rate = min(decay, (1 + n) / (10 + n))  # the warm-up: the n-th update after the copy
+        ema = rate * ema + (1 - rate) * raw
     raw = recorder.weights[-1]
     assert (ema - raw).abs().max() > 1e-4, "the averaged weights should differ from the raw ones"
     torch.testing.assert_close(module.net.head.weight.detach(), ema)  # after fit the module holds the average
@@ -78,10 +79,20 @@ def test_ema_weights_are_validated_saved_and_kept_after_fit(tmp_path):
     torch.testing.assert_close(reloaded.net.head.weight.detach(), ema)
 
 
+def test_ema_warmup_leaves_the_first_weights_a_vanishing_share():
+    from lightning_bts.training.ema import warmup_decay
+
+    share, steps = 1.0, 2000  # about the optimizer steps of a one-hour CPU run
+    for n in range(1, steps):
+        share *= warmup_decay(0.999, n)
+    assert share < 1e-3 < 0.999 ** steps  # a fixed decay would keep 14 % of the near-random first weights
+    assert warmup_decay(0.999, 1) == pytest.approx(2 / 11) and warmup_decay(0.999, 10**6) == 0.999
+
+
 def test_no_ema_callback_unless_asked():
     assert SegmentationModule(**TINY).configure_callbacks() == []
     (callback,) = SegmentationModule(**TINY, ema_decay=0.99).configure_callbacks()
-    assert type(callback).__name__ == "EMAWeightAveraging"
+    assert type(callback).__name__ == "WarmupEMA" and callback.decay == 0.99
     with pytest.raises(ConfigError, match="model.ema_decay"):
         SegmentationModule(**TINY, ema_decay=1.0)
 

@@ -39,7 +39,7 @@ class SegmentationModule(pl.LightningModule):
     ``scheduler`` ``none`` (default), ``cosine`` or ``poly`` down to ``min_lr`` exactly when the run's budget
     (``max_epochs``/``max_steps``/``max_time``) ends, updated every step, or ``plateau`` (halve the rate after 2
     epochs without a better ``val/dice``). ``ema_decay`` keeps an exponential moving average of the weights
-    (Lightning's ``EMAWeightAveraging``): validation, checkpoints' ``state_dict`` and the weights after
+    (:class:`~lightning_bts.training.ema.WarmupEMA`, Lightning's weight averaging with a decay warm-up): validation, checkpoints' ``state_dict`` and the weights after
     ``fit`` are the averaged ones (checkpoints keep the raw weights under ``current_model_state``).
 
     ``init_weights`` fine-tunes from a Keras weights file of the
@@ -195,10 +195,10 @@ class SegmentationModule(pl.LightningModule):
         return [optimizer], schedulers
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """Weight averaging (``ema_decay``): an EMA of the weights after every optimizer step."""
+        """Weight averaging (``ema_decay``): an EMA of the weights after every optimizer step, with warm-up."""
         if self.hparams.get("ema_decay") is None:
             return []
-        from pytorch_lightning.callbacks import EMAWeightAveraging
+        from lightning_bts.training.ema import WarmupEMA
 
-        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
+        return [WarmupEMA(decay=self.hparams.ema_decay)]
 
