@@ -99,3 +99,42 @@ def test_bad_exports_leave_nothing_behind(trained, tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="notes.ckpt"):
         main(["--ckpt", str(not_a_checkpoint), "--output", str(out / "m.onnx")])
     assert not (out / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("weights_dtype", ["float32", "float16"])
+def test_release_checkpoint_drops_training_state_and_predicts_as_the_original(trained, pytorch_logits, tmp_path,
+                                                                              weights_dtype):
+    source, root = trained
+    checkpoint = tmp_path / "selected.ckpt"
+    shutil.copy(source, checkpoint)
+    store_settings([checkpoint], InferenceSettings(PostProcessing(0.4, "largest"), tta=True), {"part": "val"})
+    release = tmp_path / "release" / "model.ckpt"
+    atol = 1e-5 if weights_dtype == "float32" else 5e-2
+    report = export_checkpoint(checkpoint, release, samples=[root / "images"], atol=atol,
+                               weights_dtype=weights_dtype)
+    assert report.format == "checkpoint" and report.max_abs_diff <= atol
+    stored = torch.load(release, weights_only=True)
+    original = torch.load(checkpoint, weights_only=True)
+    assert "optimizer_states" in original
+    if weights_dtype == "float32":  # the very same weights
+        for name, tensor in original["state_dict"].items():
+            torch.testing.assert_close(stored["state_dict"][name], tensor, rtol=0, atol=0)
+    assert not {"optimizer_states", "lr_schedulers", "loops", "callbacks"} & set(stored)
+    floats = [t for t in stored["state_dict"].values() if t.is_floating_point()]
+    assert {t.dtype for t in floats} == {getattr(torch, weights_dtype)}
+    assert stored["release"] == {"weights_dtype": weights_dtype}
+    # what evaluation chose travels with the release; every consumer reads it back
+    assert stored["postprocessing"]["postprocessing"]["threshold"] == 0.4
+    model = load_model(release)
+    assert next(model.parameters()).dtype == torch.float32
+    images = random_slices(2)
+    with torch.inference_mode():
+        assert np.abs(model(images).numpy() - pytorch_logits(images)).max() <= atol
+
+
+def test_weights_dtype_is_for_release_checkpoints_only(trained, tmp_path):
+    with pytest.raises(ExportError, match="applies to a .ckpt release only"):
+        export_checkpoint(trained[0], tmp_path / "model.onnx", weights_dtype="float16")
+    with pytest.raises(CheckpointError, match="int8"):
+        export_checkpoint(trained[0], tmp_path / "model.ckpt", weights_dtype="int8")
+    assert not (tmp_path / "model.ckpt").exists()

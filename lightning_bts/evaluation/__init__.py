@@ -6,10 +6,12 @@ Modules, each one job (imports go down this list, never up; none of them is impo
 - ``settings``       the TTA and post-processing a checkpoint stores, and the command-line overrides
 - ``predictor``      :class:`Predictor`: checkpoints -> probabilities (device, precision, ensemble, flip TTA)
 - ``data``           which slices are scored (the checkpoint's own split, checked), at both resolutions
+- ``bootstrap``      95 % intervals by resampling patients (not slices: a patient's slices are correlated)
 - ``scoring``        :func:`evaluate_checkpoints`: metrics at each slice's original size and at the model grid
 - ``selection``      :func:`select_postprocessing`: choose TTA and post-processing on validation, store it
 - ``outputs``        metrics.json, per_image.csv, predictions.npz, the printed table
 - ``predict_files``  :func:`predict_files`: masks, maps, overlays and a table for image files
+- ``export``         ONNX, TorchScript or a release checkpoint (no optimiser state, float16 weights if asked)
 - ``evaluate_cli``, ``predict_cli``, ``select_cli``   the ``main`` of scripts/evaluate.py, predict.py and
   select_postprocessing.py
 """

@@ -1,4 +1,4 @@
-"""Export a checkpoint's U-Net to ONNX or TorchScript, checked against PyTorch before the file is kept.
+"""Export a checkpoint's U-Net to ONNX, TorchScript or a release checkpoint, checked before the file is kept.
 
 The exported graph is the bare network: float32 ``(N, C, S, S)`` images in 0..255 in (the /255 scaling is
 inside, as the Keras ``Lambda`` layer), logits ``(N, 1, S, S)`` out; the batch axis is dynamic. Skull
@@ -7,6 +7,10 @@ stripping and resizing to ``S`` are *not* in the graph: they are done beforehand
 The checkpoint is loaded by the same :class:`~lightning_bts.evaluation.Predictor` as evaluation and prediction,
 and its preprocessing, post-processing and TTA settings travel in the file (ONNX ``metadata_props``;
 TorchScript extra file ``lightning_bts.json``) so a deployment can read them instead of guessing.
+
+A release checkpoint (``.ckpt``) is the checkpoint without what only resuming a training needs (optimiser,
+loops, callback states), its weights optionally stored in float16 or bfloat16: the file a model is shipped as,
+loaded by every consumer like any checkpoint (:func:`lightning_bts.training.checkpoint_file.release_checkpoint`).
 
 Every export is run on sample slices, with a batch size other than the one traced, and compared with the
 PyTorch model (onnxruntime for ONNX); the file is only written when the maximum absolute difference of the
@@ -33,10 +37,11 @@ from lightning_bts.errors import UserError
 from lightning_bts.evaluation.predict_files import find_images
 from lightning_bts.evaluation.predictor import Predictor, prepare_image
 from lightning_bts.evaluation.settings import InferenceSettings
+from lightning_bts.training.checkpoint_file import WEIGHT_DTYPES, read_checkpoint, release_checkpoint
 from lightning_bts.training.checkpoints import Preprocessing
 from lightning_bts.training.module import SegmentationModule
 
-FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript"}
+FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript", ".ckpt": "checkpoint"}
 DEFAULT_SAMPLES = "data/sample/images"
 ONNX_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -151,7 +156,10 @@ def run_exported(path: Path, kind: str, images: torch.Tensor) -> np.ndarray:
                 from error
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
-    module = torch.jit.load(str(path), map_location="cpu")
+    if kind == "checkpoint":
+        module = export_network(Predictor.from_checkpoints([path], device="cpu").models[0])
+    else:
+        module = torch.jit.load(str(path), map_location="cpu")
     with torch.inference_mode():
         return module(images).numpy()
 
@@ -162,8 +170,10 @@ def export_checkpoint(
     samples: Sequence[str | Path] | None = None,
     num_samples: int = 4,
     atol: float = 1e-4,
+    weights_dtype: str = "float32",
 ) -> ExportReport:
-    """Exports ``checkpoint`` to ``output`` (``.onnx``; ``.pt``/``.pth``/``.ts`` = TorchScript) and checks it.
+    """Exports ``checkpoint`` to ``output`` (``.onnx``; ``.pt``/``.pth``/``.ts`` = TorchScript; ``.ckpt`` = a
+    release checkpoint with weights stored as ``weights_dtype``) and checks it.
 
     The file is traced with a batch of 2 and checked with all ``num_samples`` slices at once and with one
     slice alone (the batch axis is dynamic); it is written only if every logit is within ``atol`` of PyTorch.
@@ -175,7 +185,10 @@ def export_checkpoint(
     output = Path(output)
     kind = FORMATS.get(output.suffix.lower())
     if kind is None:
-        raise ExportError(f"cannot tell the format of {output}: use .onnx (ONNX) or .pt (TorchScript)")
+        raise ExportError(f"cannot tell the format of {output}: use .onnx (ONNX), .pt (TorchScript) or .ckpt "
+                          "(release checkpoint)")
+    if weights_dtype != "float32" and kind != "checkpoint":
+        raise ExportError(f"--weights-dtype {weights_dtype} applies to a .ckpt release only, not to {output.name}")
     if output.resolve() == Path(checkpoint).resolve():
         raise ExportError(f"refusing to overwrite the checkpoint {checkpoint} with its export")
     if num_samples < 2:
@@ -192,8 +205,11 @@ def export_checkpoint(
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.stem}.{os.getpid()}.tmp{output.suffix}")
     try:
-        exporter = export_onnx if kind == "onnx" else export_torchscript
-        exporter(net, images[:2].clone(), temporary, contract(predictor.settings, preprocessing, checkpoint))
+        if kind == "checkpoint":
+            torch.save(release_checkpoint(read_checkpoint(checkpoint), weights_dtype), temporary)
+        else:
+            exporter = export_onnx if kind == "onnx" else export_torchscript
+            exporter(net, images[:2].clone(), temporary, contract(predictor.settings, preprocessing, checkpoint))
         batches = (len(images), 1)
         diff = max(float(np.abs(run_exported(temporary, kind, images[:n]) - expected[:n]).max()) for n in batches)
         if not diff <= atol:
@@ -208,16 +224,22 @@ def export_checkpoint(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="export.py",
-        description="Export a checkpoint's U-Net to ONNX (.onnx) or TorchScript (.pt). Input float32 (N, C, S, S) "
-        "in 0..255 after skull stripping and resizing; output logits. See docs/inference.md.",
+        description="Export a checkpoint's U-Net to ONNX (.onnx) or TorchScript (.pt), input float32 (N, C, S, S) "
+        "in 0..255 after skull stripping and resizing, output logits; or write a release checkpoint (.ckpt): "
+        "weights, settings and stored post-processing without optimiser state, for predict.py/evaluate.py. "
+        "See docs/inference.md.",
     )
     parser.add_argument("--ckpt", required=True, metavar="PATH", help="a checkpoint written by scripts/fit.py")
-    parser.add_argument("--output", required=True, metavar="FILE", help="FILE.onnx or FILE.pt (TorchScript)")
+    parser.add_argument("--output", required=True, metavar="FILE",
+                        help="FILE.onnx, FILE.pt (TorchScript) or FILE.ckpt (release)")
     parser.add_argument("--samples", nargs="+", default=None, metavar="PATH_OR_GLOB",
                         help=f"slices to check the export on (default: {DEFAULT_SAMPLES} if present, else random)")
     parser.add_argument("--num-samples", type=int, default=4, help="how many slices to check on (default 4)")
     parser.add_argument("--atol", type=float, default=1e-4,
-                        help="largest allowed absolute logit difference to PyTorch (default 1e-4)")
+                        help="largest allowed absolute logit difference to PyTorch (default 1e-4; float16 "
+                        "weights need about 1e-2)")
+    parser.add_argument("--weights-dtype", default="float32", choices=tuple(WEIGHT_DTYPES),
+                        help="how a .ckpt release stores its weights (default float32; float16 halves the file)")
     return parser
 
 
@@ -229,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ExportCheckError: the export does not reproduce PyTorch (a traceback: not the user's doing).
     """
     args = build_parser().parse_args(argv)
-    report = export_checkpoint(args.ckpt, args.output, args.samples, args.num_samples, args.atol)
+    report = export_checkpoint(args.ckpt, args.output, args.samples, args.num_samples, args.atol,
+                               args.weights_dtype)
     print(f"wrote {report.format} model {report.path}; checked on {report.num_samples} slice(s) with batch sizes "
           f"{'/'.join(map(str, report.batch_sizes))}: max |logit difference| to PyTorch {report.max_abs_diff:.3g} "
           f"(logits up to {report.max_abs_logit:.3g})")

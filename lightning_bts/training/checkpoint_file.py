@@ -62,3 +62,29 @@ def write_checkpoint_entry(path: str | Path, key: str, value: Any) -> None:
         raise CheckpointError(f"cannot rewrite checkpoint {path}: {error}") from error
     finally:
         temporary.unlink(missing_ok=True)
+
+
+# What only resuming a training needs; a released model leaves them out (an AdamW state is twice the weights).
+TRAINING_ONLY_KEYS = ("optimizer_states", "lr_schedulers", "callbacks", "loops", "current_model_state",
+                      "averaging_state")
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def release_checkpoint(checkpoint: Mapping[str, Any], weights_dtype: str = "float32") -> dict[str, Any]:
+    """The checkpoint as a model to ship: weights (stored as ``weights_dtype``), hyper-parameters, data settings
+    and whatever evaluation stored (post-processing), without the optimiser, loops and callback states.
+
+    It loads wherever a full checkpoint does for inference (weights are cast back to float32 on loading); it
+    cannot resume a training. Integer buffers (batch norm's ``num_batches_tracked``) keep their type.
+
+    Raises:
+        CheckpointError: an unknown ``weights_dtype``.
+    """
+    dtype = WEIGHT_DTYPES.get(weights_dtype)
+    if dtype is None:
+        raise CheckpointError(f"weights dtype {weights_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    released = {key: value for key, value in checkpoint.items() if key not in TRAINING_ONLY_KEYS}
+    released["state_dict"] = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+                              for name, tensor in checkpoint["state_dict"].items()}
+    released["release"] = {"weights_dtype": weights_dtype}
+    return released

@@ -39,8 +39,9 @@ class SegmentationModule(pl.LightningModule):
     ``scheduler`` ``none`` (default), ``cosine`` or ``poly`` down to ``min_lr`` exactly when the run's budget
     (``max_epochs``/``max_steps``/``max_time``) ends, updated every step, or ``plateau`` (halve the rate after 2
     epochs without a better ``val/dice``). ``ema_decay`` keeps an exponential moving average of the weights
-    (:class:`~lightning_bts.training.ema.WarmupEMA`, Lightning's weight averaging with a decay warm-up): validation, checkpoints' ``state_dict`` and the weights after
-    ``fit`` are the averaged ones (checkpoints keep the raw weights under ``current_model_state``).
+    (:class:`~lightning_bts.training.ema.WarmupEMA`, Lightning's weight averaging with a decay warm-up):
+    validation, checkpoints' ``state_dict`` and the weights after ``fit`` are the averaged ones (checkpoints keep
+    the raw weights under ``current_model_state``).
 
     ``init_weights`` fine-tunes from a Keras weights file of the
     original (``.h5``/``.keras``, e.g. a user's notebook model) or a Lightning checkpoint of this module: it is
