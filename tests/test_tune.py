@@ -262,14 +262,15 @@ def test_sweep_trials_train_on_the_xla_accelerator(ray_session, tmp_path, cache_
     pytest.importorskip("torch_xla")
     pytest.importorskip("lightning_bts.xla.accelerator",
                         reason="lightning_bts.xla.accelerator (the 'xla' accelerator) is not there yet")
-    result = run_sweep(settings(tmp_path, cache_dir, num_samples=2, accelerator="xla", scheduler="fifo",
+    # one trial: what is tested is that a trial trains on XLA and its config says so (100 s for two trials)
+    result = run_sweep(settings(tmp_path, cache_dir, num_samples=1, accelerator="xla", scheduler="fifo",
                                 space={"model.lr": {"choice": [1e-3, 2e-3]}},
                                 train_args=tiny_args(cache_dir, epochs=1) + [
                                     "--precision", "32-true", "--trainer.limit_train_batches", "1",
                                     "--trainer.limit_val_batches", "1"],
                                 trial_env={"PJRT_DEVICE": "CPU"}))
     table = trials(result)
-    assert result.complete and len(table) == 2
+    assert result.complete and len(table) == 1 and set(table["status"]) == {"TERMINATED"}
     assert "accelerator: xla" in result.best_config.read_text()
 
 
