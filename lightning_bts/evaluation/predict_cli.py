@@ -1,5 +1,6 @@
 """``scripts/predict.py``: tumour masks for new scans with trained checkpoints (see docs/inference.md).
 
+    python scripts/predict.py --input scans/ --output predictions/     # the shipped model
     python scripts/predict.py --ckpt RUN/checkpoints/last.ckpt --input scans/ --output predictions/
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from lightning_bts.evaluation.predict_files import PROBABILITY_FORMATS, check_output_dir, find_images, predict_files
 from lightning_bts.evaluation.predictor import PRECISIONS, Predictor
 from lightning_bts.evaluation.settings import add_override_arguments
+from lightning_bts.pretrained import DEFAULT_CHECKPOINT, default_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python scripts/predict.py --ckpt runs/focal_fold*/*/checkpoints/last.ckpt "
         "--input 'scans/*.png' --output predictions --tta --overlays --pixel-spacing 0.49",
     )
-    parser.add_argument("--ckpt", nargs="+", required=True, metavar="PATH",
-                        help="checkpoint(s); several = an ensemble (mean probability)")
+    parser.add_argument("--ckpt", nargs="+", default=None, metavar="PATH",
+                        help="checkpoint(s); several = an ensemble (mean probability); default: the shipped model "
+                        f"{DEFAULT_CHECKPOINT.parent.name}/{DEFAULT_CHECKPOINT.name} (see its MODEL_CARD.md)")
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH_OR_GLOB",
                         help="image files, folders of images, or quoted glob patterns (PNG/JPG/TIFF, 8-bit)")
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder (must not hold any input)")
@@ -55,14 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         UserError: a bad checkpoint, input, output folder, device or option (``run_main`` prints it, exit 2).
     """
     args = build_parser().parse_args(argv)
+    checkpoints = args.ckpt or [default_checkpoint()]
     files = find_images(args.input)
     check_output_dir(files, Path(args.output))  # before loading models: fail fast
-    predictor = Predictor.from_checkpoints(args.ckpt, device=args.device, precision=args.precision, tta=args.tta,
+    predictor = Predictor.from_checkpoints(checkpoints, device=args.device, precision=args.precision, tta=args.tta,
                                            postprocessing=args.postprocessing, threshold=args.threshold)
     summary = predict_files(predictor, files, args.output, batch_size=args.batch_size, save_probs=args.save_probs,
                             overlays=args.overlays, pixel_spacing=args.pixel_spacing, strict=args.strict,
                             progress=not args.quiet)
-    members = f"{len(args.ckpt)} checkpoints" if len(args.ckpt) > 1 else "1 checkpoint"
+    members = f"{len(checkpoints)} checkpoints" if len(checkpoints) > 1 else f"checkpoint {checkpoints[0]}"
     print(f"predicted {len(summary.table)} slice(s) with {members} on {predictor.device}; "
           f"{predictor.settings.describe()}; {int((summary.table['tumour_pixels'] > 0).sum())} with tumour. "
           f"Table: {summary.csv_path}")
