@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -182,7 +183,7 @@ def test_a_missing_best_run_or_a_config_for_every_row_stops_before_any_training(
 def test_the_script_prints_one_error_line_for_an_unknown_row(tmp_path):
     completed = subprocess.run([sys.executable, str(REPO / "scripts" / "ablation.py"), "--only", "nope", "--runs",
                                 str(tmp_path / "runs"), "--out", str(tmp_path / "out")], cwd=tmp_path,
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, timeout=1200)
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
     assert completed.stderr.strip().splitlines()[-1].startswith("error: unknown row 'nope'")
 
@@ -204,9 +205,15 @@ def test_the_runner_trains_selects_scores_reports_and_resumes(tmp_path):
                "--out", "report", "--minutes", "0.1", "--data.root", str(data)]
 
     def run(*extra: str) -> str:
-        completed = subprocess.run([*command, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=1500)
-        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-        return completed.stdout
+        process = subprocess.Popen([*command, *extra], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, start_new_session=True)
+        try:
+            stdout, stderr = process.communicate(timeout=1800)
+        finally:
+            if process.poll() is None:  # timed out: stop the runner and the fit or evaluate it started
+                os.killpg(process.pid, signal.SIGKILL)
+        assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        return stdout
 
     run()
     runs, report = tmp_path / "runs", tmp_path / "report"

@@ -20,6 +20,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -85,18 +86,22 @@ def _script(name: str, *args: str) -> list[str]:
 
 
 def _run(command: list[str], log: Path, what: str) -> None:
-    """Run ``command``, its output to the console and to ``log``; a failure names the row and the log."""
+    """Run ``command``, its output to the console and to ``log``; a failure names the row and the log. A runner
+    stopped meanwhile (Ctrl-C, SIGTERM) stops the command too, rather than leaving it training alone."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"[ablation] {what}: {shown(command)}", flush=True)
-    with log.open("w") as stream:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert process.stdout is not None
-        lines = []
-        for line in process.stdout:
-            sys.stdout.write(line)
-            stream.write(line)
-            lines = [*lines[-4:], line.strip()]
-        code = process.wait()
+    lines: list[str] = []
+    with log.open("w") as stream, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                   text=True) as process:
+        try:
+            for line in process.stdout or ():
+                sys.stdout.write(line)
+                stream.write(line)
+                lines = [*lines[-4:], line.strip()]
+            code = process.wait()
+        finally:
+            if process.poll() is None:
+                process.kill()
     if code != 0:
         last = next((line for line in reversed(lines) if line), "")
         raise AblationError(f"{what} failed (exit {code}): {last} (whole output: {log})")
@@ -145,10 +150,8 @@ def check_best_run(run_dir: Path) -> Path:
 
 
 def best_run_record(row: Row, settings: Settings, commit: str) -> dict[str, Any] | None:
-    """The record of a best_run row: the ``--best-run`` folder's last checkpoint (``None`` without one).
-
-    Scored again whenever that checkpoint changed since (a run scored while it was still training, then finished).
-    """
+    """A best_run row's record: ``--best-run``'s last checkpoint (``None`` without one); a new record (and new
+    scores) whenever that checkpoint changed since (a run scored while it was still training, then finished)."""
     if settings.best_run is None:
         print(f"[ablation] row {row.name}: no --best-run given, row left out", flush=True)
         return None
@@ -168,10 +171,8 @@ def best_run_record(row: Row, settings: Settings, commit: str) -> dict[str, Any]
 
 
 def select_row(row: Row, source: dict[str, Any], settings: Settings, commit: str) -> dict[str, Any]:
-    """Copy ``source``'s checkpoint into the row's folder and store the chosen post-processing in the copy.
-
-    Done again (and scored again) when the source checkpoint changed since: the choice belongs to those weights.
-    """
+    """Copy ``source``'s checkpoint into the row's folder and store the chosen post-processing in the copy; done
+    (and scored) again when the source checkpoint changed since: the choice belongs to those weights."""
     files = RowFiles.of(settings.runs_dir, row.name)
     identity = [source["checkpoint"], os.stat(source["checkpoint"]).st_mtime_ns]
     if files.record.is_file() and files.selected.is_file():
@@ -283,12 +284,12 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     command = shlex.join(["python", "scripts/ablation.py", *(sys.argv[1:] if argv is None else argv)])
     commit = git_commit()
     if args.dry_run:
-        max_time(settings.minutes)
         for row in rows:
             if row.kind == "train":
                 print(f"{row.name}: {shown(fit_command(row, settings))}")
         return None
     if not args.report_only:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through _run, which stops its command
         run_rows(rows, settings, commit)
     report = write_report(ablation, settings.runs_dir, Path(args.out), command, commit, settings.minutes)
     print(f"[ablation] report: {report}", flush=True)

@@ -131,7 +131,7 @@ def markdown(table: pd.DataFrame, ablation: Ablation, command: str, commit: str,
              "its original size (`scripts/evaluate.py --part test`); pooled Dice, precision and recall, mean "
              "per-image Dice and HD95. Select rows train nothing: they copy the checkpoint of the row named in "
              "*source* and choose post-processing (and flip TTA) on its validation patients. Gains are in Dice "
-             "points, over the row named in *vs* and over the paper's recipe.", "",
+             "points, over the row named in *compared with* and over the paper's recipe.", "",
              f"Command: `{command}`  ", f"Commit: `{commit}`", ""]
     if table.empty:
         return "\n".join([*lines, "No row has finished yet."]) + "\n"
@@ -140,7 +140,7 @@ def markdown(table: pd.DataFrame, ablation: Ablation, command: str, commit: str,
     lines += [f"Values in % (HD95 in {units})" + ("; in brackets the 95 % interval of a bootstrap over the test "
                                                   "patients." if has_ci else "."), "",
               "| row | Dice | per-image Dice | precision | recall | HD95 | training min | epochs | source "
-              "| vs | gain vs | gain vs paper |",
+              "| compared with | Dice gain | Dice gain over paper |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for _, line in table.iterrows():
         minutes_cell = "–" if pd.isna(line.get("train_minutes", math.nan)) else f"{line['train_minutes']:.1f}"
