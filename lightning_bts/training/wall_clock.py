@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 
 WALL_CLOCK_KEY = "time/minutes"
@@ -28,4 +29,6 @@ class WallClock(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.start is None:
             return
-        pl_module.log(WALL_CLOCK_KEY, (time.monotonic() - self.start) / 60.0)
+        # A CPU tensor: Lightning keeps a logged value's running reduction on the value's device, and a Python
+        # float would become a tensor on the module's device: on XLA, new graphs to compile every epoch.
+        pl_module.log(WALL_CLOCK_KEY, torch.tensor((time.monotonic() - self.start) / 60.0))
