@@ -143,6 +143,18 @@ def test_selection_on_validation_keeps_a_components_rule_only_where_it_helps(tmp
         assert dice[chosen] > baseline if expect_rule else dice[chosen] >= baseline
 
 
+def test_selection_without_tta_never_runs_or_chooses_flipped_inference(tmp_path, monkeypatch):
+    datamodule = oracle_data(tmp_path, size=128, image_size=64)
+    predictor = Predictor([Oracle(datamodule, 3)], Preprocessing(64, 3, "safe"))
+    with_tta, _ = validation_dice([(predictor, datamodule)])
+    monkeypatch.setattr(Predictor, "with_tta", lambda self, tta: pytest.fail("TTA computed") if tta else self)
+    without, _ = validation_dice([(predictor, datamodule)], allow_tta=False)
+    assert set(without) == {c for c in with_tta if not c.tta} and all(with_tta[c] == without[c] for c in without)
+    chosen, stages = choose(without, allow_tta=False)
+    assert not chosen.tta and [s["stage"] for s in stages] == ["threshold", "components", "empty_fallback"]
+    assert chosen == choose({**with_tta, **{c: -1.0 for c in with_tta if c.tta}})[0]  # = TTA ruled out
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return trained_checkpoint(tmp_path_factory)

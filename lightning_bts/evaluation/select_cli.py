@@ -31,6 +31,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-gain", type=float, default=0.0,
                         help="a stage's best candidate must beat the current choice by more than this pooled Dice "
                         "(default 0: any improvement)")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="choose post-processing alone: flip TTA stays off (and is not computed)")
     parser.add_argument("--dry-run", action="store_true", help="print the choice, store nothing")
     parser.add_argument("--precision", default="32-true", choices=tuple(PRECISIONS),
                         help="inference precision (default 32-true)")
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> Selection:
     """
     args = parse_args(argv)
     selection = select_postprocessing(args.ckpt, args.device, args.precision, args.batch_size, args.cache_dir,
-                                      args.min_gain, store=not args.dry_run)
+                                      args.min_gain, store=not args.dry_run, allow_tta=not args.no_tta)
     print(format_selection(selection))
     print("dry run: nothing stored" if args.dry_run else f"stored in {len(args.ckpt)} checkpoint(s)")
     return selection

@@ -6,7 +6,7 @@ fold and the slices are pooled (out-of-fold, as nnU-Net chooses post-processing 
 slice is scored at its original size. Then, in four stages, each starting from the choice so far (the paper's
 rule, without TTA, at first):
 
-1. flip TTA: off, on;
+1. flip TTA: off, on (skipped with ``allow_tta=False``, and no flipped inference is run);
 2. threshold: :data:`THRESHOLDS`;
 3. components: all, the largest only, or dropping those under each of :data:`MIN_AREAS` of the slice;
 4. fallback for slices left empty: none, or each of :data:`FALLBACKS`;
@@ -53,12 +53,12 @@ class Candidate:
         return self.rule.describe() + (", flip TTA" if self.tta else "")
 
 
-def candidate_grid() -> list[Candidate]:
+def candidate_grid(allow_tta: bool = True) -> list[Candidate]:
     """Every combination the stages can reach (the paper's rule without TTA among them)."""
     components = [("all", 0.0), ("largest", 0.0), *(("drop_small", area) for area in MIN_AREAS)]
     return [Candidate(tta, PostProcessing(threshold, rule, area, fallback))
             for tta, threshold, (rule, area), fallback in itertools.product(
-                (False, True), THRESHOLDS, components, (None, *FALLBACKS))]
+                (False, True) if allow_tta else (False,), THRESHOLDS, components, (None, *FALLBACKS))]
 
 
 class SliceCounter:
@@ -102,11 +102,13 @@ class Selection:
     record: dict[str, Any]
 
 
-def choose(dice: dict[Candidate, float], min_gain: float = 0.0) -> tuple[Candidate, list[dict[str, Any]]]:
-    """The greedy stages over pooled Dice per candidate (``dice`` must hold :func:`candidate_grid`)."""
+def choose(dice: dict[Candidate, float], min_gain: float = 0.0,
+           allow_tta: bool = True) -> tuple[Candidate, list[dict[str, Any]]]:
+    """The greedy stages over pooled Dice per candidate (``dice`` must hold :func:`candidate_grid` of the same
+    ``allow_tta``; without it the TTA stage is left out)."""
     current = Candidate(False, PostProcessing())
     stages: list[tuple[str, Callable[[Candidate], list[Candidate]]]] = [
-        ("tta", lambda c: [Candidate(False, c.rule), Candidate(True, c.rule)]),
+        *([("tta", lambda c: [Candidate(False, c.rule), Candidate(True, c.rule)])] if allow_tta else []),
         ("threshold", lambda c: [Candidate(c.tta, dataclasses.replace(c.rule, threshold=t)) for t in THRESHOLDS]),
         ("components", lambda c: [Candidate(c.tta, dataclasses.replace(c.rule, components=rule, min_area=area))
                                   for rule, area in [("all", 0.0), ("largest", 0.0),
@@ -127,17 +129,19 @@ def choose(dice: dict[Candidate, float], min_gain: float = 0.0) -> tuple[Candida
     return current, history
 
 
-def validation_dice(pairs: Sequence[tuple[Predictor, BrainTumorDataModule]]) -> tuple[dict[Candidate, float], int]:
+def validation_dice(pairs: Sequence[tuple[Predictor, BrainTumorDataModule]],
+                    allow_tta: bool = True) -> tuple[dict[Candidate, float], int]:
     """Pooled Dice of every :func:`candidate_grid` combination over the validation slices of each
     (predictor, data module) pair, at each slice's original size; and the number of slices."""
-    grid = candidate_grid()
+    grid = candidate_grid(allow_tta)
     totals = np.zeros((len(grid), 3), dtype=np.int64)
     n_images = 0
+    tta_options = (False, True) if allow_tta else (False,)
     for predictor, datamodule in pairs:
         plain = predictor.with_tta(False)
-        for item in iterate_slices([plain, plain.with_tta(True)], datamodule, "val"):
+        for item in iterate_slices([plain.with_tta(tta) for tta in tta_options], datamodule, "val"):
             counters = {tta: SliceCounter(to_original_size(p, item.mask.shape), item.mask)
-                        for tta, p in zip((False, True), item.probabilities)}
+                        for tta, p in zip(tta_options, item.probabilities)}
             totals += np.array([counters[c.tta].counts(c.rule) for c in grid], dtype=np.int64)
             n_images += 1
     tp, fp, fn = totals.T.astype(np.float64)
@@ -153,8 +157,12 @@ def select_postprocessing(
     cache_dir: str | Path | None = None,
     min_gain: float = 0.0,
     store: bool = True,
+    allow_tta: bool = True,
 ) -> Selection:
     """Chooses TTA and post-processing for the checkpoints ``paths`` on their validation patients.
+
+    ``allow_tta=False`` chooses post-processing alone (TTA stays off and is never computed): the ablation adds
+    post-processing and TTA as two ingredients.
 
     With ``store`` the choice is written into every checkpoint (:func:`lightning_bts.evaluation.settings
     .store_settings`), so evaluation, prediction and the CV report apply it from then on.
@@ -173,14 +181,15 @@ def select_postprocessing(
                           sources=[base.sources[i] for i in members])
         datamodule, _ = evaluation_data(group.sources, part="val", batch_size=batch_size, cache_dir=cache_dir)
         pairs.append((group, datamodule))
-    dice, n_images = validation_dice(pairs)
+    dice, n_images = validation_dice(pairs, allow_tta)
     roots = [str(datamodule.hparams.root) for _, datamodule in pairs]
-    chosen, stages = choose(dice, min_gain)
+    chosen, stages = choose(dice, min_gain, allow_tta)
     settings = InferenceSettings(chosen.rule, chosen.tta, "checkpoint")
     record = {
         "metric": METRIC, "part": "val", "folds": sorted(f for f in folds if f is not None),
         "data_root": roots[0] if len(set(roots)) == 1 else roots, "n_images": n_images,
-        "checkpoints": [str(p) for p in paths], "min_gain": min_gain, "inference_precision": precision,
+        "checkpoints": [str(p) for p in paths], "min_gain": min_gain, "tta_allowed": allow_tta,
+        "inference_precision": precision,
         "baseline": Candidate(False, PostProcessing()).describe(),
         "baseline_dice": dice[Candidate(False, PostProcessing())], "chosen": chosen.describe(),
         "chosen_dice": dice[chosen], "stages": stages, "date": time.strftime("%Y-%m-%d %H:%M:%S"),

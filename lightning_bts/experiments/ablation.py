@@ -4,8 +4,9 @@ Why: issue 13 asks what each ingredient of the best recipe buys at equal wall-cl
 training nor selection touched. A trained row runs ``scripts/fit.py`` in a subprocess, one at a time (nothing
 of one row leaks into the next; a crash names the row's log) with ``trainer.max_time`` from ``--minutes``, then
 ``scripts/evaluate.py --part test`` scores its last checkpoint at native size with the paper's rule. A select row
-copies a checkpoint (the original stays untouched) and chooses post-processing on the validation patients, without
-TTA (:mod:`.ablation_select`) or with (``scripts/select_postprocessing.py``). A best_run row scores ``--best-run``.
+copies a checkpoint (the original stays untouched) and chooses post-processing on the validation patients with
+``scripts/select_postprocessing.py``, without TTA (``--no-tta``: the post-processing row) or with it. A best_run
+row scores ``--best-run``.
 Files: ``RUNS/<row>/`` (:class:`~.ablation_rows.RowFiles`), the report in ``OUT`` (:mod:`.ablation_report`). A row
 with ``test/metrics.json`` is skipped when the command is repeated; one trained with other arguments stops the run.
 
@@ -32,7 +33,6 @@ from typing import Any
 from lightning_bts.evaluation.outputs import to_json, write_files_atomically
 from lightning_bts.experiments.ablation_report import write_report
 from lightning_bts.experiments.ablation_rows import RESERVED, AblationError, Row, RowFiles, load_rows
-from lightning_bts.experiments.ablation_select import select_without_tta
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ROWS = "configs/ablation/best_recipe.yaml"
@@ -183,13 +183,12 @@ def select_row(row: Row, source: dict[str, Any], settings: Settings, commit: str
     partial = files.folder / f".{files.selected.name}.tmp"
     shutil.copyfile(source["checkpoint"], partial)
     os.replace(partial, files.selected)
-    if row.select == "tta":
-        _run(_script("select_postprocessing", "--ckpt", str(files.selected), "--cache-dir", str(settings.cache_dir),
-                     *(["--device", settings.device] if settings.device != "auto" else [])),
-             files.folder / "select.log", f"row {row.name}: choosing post-processing and flip TTA")
-    else:
-        print(f"[ablation] row {row.name}: choosing post-processing without TTA", flush=True)
-        select_without_tta(files.selected, settings.device, settings.cache_dir)
+    with_tta = row.select == "tta"
+    _run(_script("select_postprocessing", "--ckpt", str(files.selected), "--cache-dir", str(settings.cache_dir),
+                 *(["--device", settings.device] if settings.device != "auto" else []),
+                 *([] if with_tta else ["--no-tta"])),
+         files.folder / "select.log",
+         f"row {row.name}: choosing post-processing " + ("and flip TTA" if with_tta else "without TTA"))
     record = {**{k: v for k, v in source.items() if k in ("run_dir", "wall_minutes", "fit_command")},
               "name": row.name, "kind": row.kind, "source": source["name"], "selection": row.select,
               "source_checkpoint": identity, "checkpoint": str(files.selected), "git_commit": commit}
