@@ -19,13 +19,19 @@ from typing import Any
 import torch
 
 from lightning_bts.data import BrainTumorDataModule
-from lightning_bts.training.checkpoint_file import CheckpointError, read_checkpoint, write_checkpoint_entry
+from lightning_bts.training.checkpoint_file import (
+    TRAINING_ONLY_KEYS,
+    CheckpointError,
+    read_checkpoint,
+    write_checkpoint_entry,
+)
 from lightning_bts.training.module import SegmentationModule
 
 PREPROCESSING_KEYS = ("image_size", "in_channels", "skull_strip")
-# Large entries CheckpointInfo.extra leaves out; with weight averaging (EMA) Lightning stores the averaged
-# weights as state_dict (what evaluation uses) and the raw ones as current_model_state.
-WEIGHT_KEYS = ("state_dict", "optimizer_states", "current_model_state", "averaging_state")
+# Large entries CheckpointInfo.extra leaves out: the weights and what only resuming needs (with weight
+# averaging, Lightning stores the averaged weights as state_dict, what evaluation uses, and the raw ones as
+# current_model_state, one of TRAINING_ONLY_KEYS).
+WEIGHT_KEYS = ("state_dict", *TRAINING_ONLY_KEYS)
 
 
 
