@@ -42,7 +42,7 @@ def read_nifti(path: str | Path) -> Volume:
     path = Path(path)
     try:
         image = nibabel.load(path)
-    except (nibabel.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as error:
+    except (require("nibabel.filebasedimages").ImageFileError, OSError, EOFError, ValueError) as error:
         raise VolumeError(f"{path}: cannot be read as NIfTI ({error}); expected a .nii or .nii.gz volume") from None
     if not isinstance(image, nibabel.Nifti1Image | nibabel.Nifti2Image):
         raise VolumeError(f"{path}: a {type(image).__name__}, expected a NIfTI-1 or NIfTI-2 volume")
