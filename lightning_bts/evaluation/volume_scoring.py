@@ -82,10 +82,10 @@ def evaluate_volumes(
         probabilities = scan_probabilities(predictor, volume, volume.load(), chosen, batch_size)
         predicted = predictor.masks(probabilities)
         spacing = volume.slice_spacing(chosen)
-        for index, (mask, true) in enumerate(zip(predicted, truth)):
-            slices.add(mask, true, spacing[1:])
+        for index, (predicted_slice, true_slice) in enumerate(zip(predicted, truth)):
+            slices.add(predicted_slice, true_slice, spacing[1:])  # (row, column) mm
             keys.append(f"{case}/{index:03d}")
-            shapes.append(true.shape)
+            shapes.append(true_slice.shape)
         groups.extend([case] * len(truth))
         volumes.add(np.stack(predicted), truth, spacing)
         volume_rows.append({"case": case, "plane": chosen, "slices": len(truth),
