@@ -147,11 +147,9 @@ def bad_scans(tmp_path):
     cases = {}
     nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 3, 2), np.int16), np.eye(4)), tmp_path / "4d.nii.gz")
     cases["4-D NIfTI"] = (tmp_path / "4d.nii.gz", "expected one 3-D volume")
-    header = nibabel.Nifti1Header()  # no qform/sform, and a voxel size of 0 (nibabel will not write such an affine)
+    header = nibabel.Nifti1Header()  # an sform with a voxel size of 0 (nibabel resets a zero pixdim to 1 on reading)
     header.set_data_dtype(np.int16)
-    pixdim = header["pixdim"]
-    pixdim[1:4] = [1.0, 0.0, 1.0]
-    header["pixdim"] = pixdim
+    header.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=1)
     nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 3), np.int16), None, header), tmp_path / "flat.nii")
     cases["no spacing"] = (tmp_path / "flat.nii", "no usable voxel spacing")
     two = tmp_path / "two_series"
