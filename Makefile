@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= xla,tune,keras,export,dev
+EXTRAS ?= xla,tune,keras,export,io,dev
 
 .PHONY: setup run test test-fast lint
 

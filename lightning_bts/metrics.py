@@ -103,18 +103,20 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
 def hausdorff_distances(
     pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None
 ) -> tuple[float, float, bool]:
-    """Hausdorff distance and HD95 between two binary masks ``(H, W)``, and whether one mask was empty.
+    """Hausdorff distance and HD95 between two binary masks ``(H, W)`` (or volumes ``(D, H, W)``), and whether
+    one mask was empty.
 
     HD95 is the larger of the two directed 95th percentiles of boundary-to-boundary distances (MONAI's
-    definition). Units: pixels, or the units of ``spacing`` (row, column) when given.
+    definition). Units: pixels, or the units of ``spacing`` (one value per axis) when given. An empty mask
+    against a non-empty one scores the diagonal of the image (or volume).
     """
     pred = np.asarray(pred, dtype=bool)
     target = np.asarray(target, dtype=bool)
-    sampling = tuple(spacing) if spacing is not None else (1.0, 1.0)
+    sampling = tuple(spacing) if spacing is not None else (1.0,) * pred.ndim
     if not pred.any() and not target.any():
         return 0.0, 0.0, False
     if not pred.any() or not target.any():
-        diagonal = float(math.hypot(pred.shape[0] * sampling[0], pred.shape[1] * sampling[1]))
+        diagonal = float(math.hypot(*(size * step for size, step in zip(pred.shape, sampling))))
         return diagonal, diagonal, True
     pred_edge, target_edge = _boundary(pred), _boundary(target)
     to_target = ndimage.distance_transform_edt(~target_edge, sampling=sampling)[pred_edge]

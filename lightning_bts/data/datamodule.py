@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_bts.data.dataset import SliceDataset
+from lightning_bts.data.intensity import DEFAULT_INTENSITY, INTENSITY_MAPPINGS
 from lightning_bts.data.preprocess import PreprocessedSlices, preprocess_dataset
 from lightning_bts.data.records import DatasetError, load_records
 from lightning_bts.data.skull_strip import SKULL_STRIP_METHODS
@@ -40,6 +41,10 @@ class BrainTumorDataModule(pl.LightningDataModule):
         augmentation: which training transforms run and their probabilities, e.g. ``{"flip": 0.5,
             "rotate": 0.3, "grid": 0.2, "gamma": 0.3}`` (names: :data:`~lightning_bts.data.transforms.AUGMENTATIONS`);
             ``None``: the default pipeline (flip, mild affine, brightness/contrast, each at 0.5).
+        intensity: how the dataset's 8-bit slices were made from the scanner's values
+            (:mod:`lightning_bts.data.intensity`; the figshare converter's ``slice_minmax``). The slices are
+            read as they are; the setting is recorded in checkpoints so that prediction on NIfTI/DICOM volumes
+            maps their slices the same way.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
         augment: float = 1.0,
         cache_dir: str | None = None,
         augmentation: dict[str, float] | None = None,
+        intensity: str = DEFAULT_INTENSITY,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
@@ -65,6 +71,8 @@ class BrainTumorDataModule(pl.LightningDataModule):
             raise ValueError(f"image_size must be a positive multiple of 16 (2**depth), got {image_size}")
         if skull_strip not in SKULL_STRIP_METHODS:
             raise ValueError(f"unknown skull_strip {skull_strip!r}; choose one of {', '.join(SKULL_STRIP_METHODS)}")
+        if intensity not in INTENSITY_MAPPINGS:
+            raise ValueError(f"unknown intensity {intensity!r}; choose one of {', '.join(INTENSITY_MAPPINGS)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if augment < 0:

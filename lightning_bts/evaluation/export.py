@@ -86,6 +86,7 @@ def contract(settings: InferenceSettings, preprocessing: Preprocessing, checkpoi
         "image_size": str(size),
         "in_channels": str(channels),
         "skull_strip": preprocessing.skull_strip,
+        "intensity": preprocessing.intensity,
         "threshold": str(settings.postprocessing.threshold),
         "postprocessing": json.dumps(settings.postprocessing.as_dict()),
         "tta": "horizontal flip: mean of sigmoid(logits) of the slice and, mirrored back, of its mirror"

@@ -71,11 +71,13 @@ def to_json(data: Any) -> str:
 
 
 def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
-    """``metrics.json`` and ``per_image.csv`` (and ``predictions.npz`` when kept) in ``out_dir``."""
+    """``metrics.json``, ``per_image.csv`` (and ``per_volume.csv``, ``predictions.npz`` when there) in ``out_dir``."""
     files: dict[str, str | bytes] = {
         "metrics.json": to_json(evaluation.metrics),
         "per_image.csv": evaluation.per_image.to_csv(index=False),
     }
+    if evaluation.per_volume is not None:
+        files["per_volume.csv"] = evaluation.per_volume.to_csv(index=False)
     if evaluation.predictions is not None:
         files["predictions.npz"] = predictions_npz(evaluation.per_image["key"], evaluation.predictions)
     return write_files_atomically(out_dir, files)

@@ -2,6 +2,8 @@
 
     python scripts/predict.py --input scans/ --output predictions/     # the shipped model
     python scripts/predict.py --ckpt RUN/checkpoints/last.ckpt --input scans/ --output predictions/
+    python scripts/predict.py --input scan.nii.gz --output out/        # a NIfTI volume -> out/masks/scan.nii.gz
+    python scripts/predict.py --input dicom_series/ --output out/      # a DICOM series -> out/masks/dicom_series.nii.gz
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning_bts.evaluation.predict_files import PROBABILITY_FORMATS, check_output_dir, find_images, predict_files
+from lightning_bts.data.volume import PLANES
+from lightning_bts.errors import ConfigError
+from lightning_bts.evaluation.predict_files import PROBABILITY_FORMATS, check_output_dir, predict_files
+from lightning_bts.evaluation.predict_volumes import find_inputs, predict_volumes
 from lightning_bts.evaluation.predictor import PRECISIONS, Predictor
 from lightning_bts.evaluation.settings import add_override_arguments
 from lightning_bts.pretrained import DEFAULT_CHECKPOINT, default_checkpoint
@@ -20,10 +25,11 @@ from lightning_bts.pretrained import DEFAULT_CHECKPOINT, default_checkpoint
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="predict.py",
-        description="Predict brain-tumour masks for new MRI slices with trained checkpoints (one, or a fold "
-        "ensemble averaged by probability). Preprocessing (skull stripping, size, channels) and the post-processing "
-        "chosen on validation (scripts/select_postprocessing.py) are read from the checkpoint; masks are written at "
-        "each input's original size.",
+        description="Predict brain-tumour masks for new MRI slices or scans with trained checkpoints (one, or a "
+        "fold ensemble averaged by probability). Preprocessing (intensity mapping, skull stripping, size, channels) "
+        "and the post-processing chosen on validation (scripts/select_postprocessing.py) are read from the "
+        "checkpoint; masks are written at each input's original size: PNG for image files, NIfTI (.nii.gz, on the "
+        "scan's grid) for NIfTI volumes and DICOM series.",
         epilog="Example: python scripts/predict.py --ckpt runs/focal_fold*/*/checkpoints/last.ckpt "
         "--input 'scans/*.png' --output predictions --tta --overlays --pixel-spacing 0.49",
     )
@@ -31,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint(s); several = an ensemble (mean probability); default: the shipped model "
                         f"{DEFAULT_CHECKPOINT.parent.name}/{DEFAULT_CHECKPOINT.name} (see its MODEL_CARD.md)")
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH_OR_GLOB",
-                        help="image files, folders of images, or quoted glob patterns (PNG/JPG/TIFF, 8-bit)")
+                        help="image files (PNG/JPG/TIFF, 8-bit), NIfTI volumes (.nii, .nii.gz), DICOM files, a "
+                        "folder holding one DICOM series, folders of images or NIfTI files, or quoted glob patterns; "
+                        "images and scans in separate runs")
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder (must not hold any input)")
     add_override_arguments(parser)
     parser.add_argument("--precision", default="32-true", choices=tuple(PRECISIONS),
@@ -42,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pixel-spacing", nargs="+", type=float, metavar="MM", default=None,
                         help="mm per pixel of the input images: one value, or row and column spacing; "
                         "adds tumour_area_mm2 to predictions.csv")
+    parser.add_argument("--axis", default="acquisition", choices=PLANES,
+                        help="scans: the plane the volume is cut into slices along (default: the plane it was "
+                        "acquired in)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (default: cuda if present); "
                         "a GPU asked for but missing is an error")
@@ -59,13 +70,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     checkpoints = args.ckpt or [default_checkpoint()]
-    files = find_images(args.input)
-    check_output_dir(files, Path(args.output))  # before loading models: fail fast
+    files, scans = find_inputs(args.input)
+    if files and scans:
+        raise ConfigError(f"--input names both image files ({files[0]}, ...) and scans ({scans[0]}, ...); predict "
+                          "them in separate runs")
+    if scans:
+        _check_scan_options(args)
+    check_output_dir(files or scans, Path(args.output))  # before loading models: fail fast
     predictor = Predictor.from_checkpoints(checkpoints, device=args.device, precision=args.precision, tta=args.tta,
                                            postprocessing=args.postprocessing, threshold=args.threshold)
-    summary = predict_files(predictor, files, args.output, batch_size=args.batch_size, save_probs=args.save_probs,
-                            overlays=args.overlays, pixel_spacing=args.pixel_spacing, strict=args.strict,
-                            progress=not args.quiet)
+    if scans:
+        summary = predict_volumes(predictor, scans, args.output, args.axis, args.batch_size, not args.quiet)
+    else:
+        summary = predict_files(predictor, files, args.output, batch_size=args.batch_size, save_probs=args.save_probs,
+                                overlays=args.overlays, pixel_spacing=args.pixel_spacing, strict=args.strict,
+                                progress=not args.quiet)
+    if scans:
+        print(f"segmented {len(scans)} scan(s), {len(summary.table)} slice(s); masks in {Path(args.output) / 'masks'}"
+              f", tumour volumes in {Path(args.output) / 'volumes.csv'}")
     members = f"{len(checkpoints)} checkpoints" if len(checkpoints) > 1 else f"checkpoint {checkpoints[0]}"
     print(f"predicted {len(summary.table)} slice(s) with {members} on {predictor.device}; "
           f"{predictor.settings.describe()}; {int((summary.table['tumour_pixels'] > 0).sum())} with tumour. "
@@ -76,3 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for source, reason in summary.skipped:
             print(f"  {source}: {reason}", file=sys.stderr)
     return 0 if len(summary.table) else 1
+
+
+def _check_scan_options(args: argparse.Namespace) -> None:
+    """Options of image files that scans do not take: refused rather than silently ignored."""
+    given = [name for name, value in (("--save-probs", args.save_probs), ("--overlays", args.overlays),
+                                      ("--pixel-spacing", args.pixel_spacing)) if value]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to image files, not to NIfTI/DICOM scans (their spacing comes "
+                          "from the scan's header; their masks are NIfTI files to overlay in a viewer)")

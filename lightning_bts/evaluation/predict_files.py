@@ -173,9 +173,9 @@ def predict_files(
 
     table = pd.DataFrame(rows, columns=_columns(spacing is not None))
     csv_path = output_dir / "predictions.csv"
-    _write_atomically(csv_path, table.to_csv(index=False).encode(), inputs)
+    write_atomically(csv_path, table.to_csv(index=False).encode(), inputs)
     listing = "".join(f"{source}\t{reason}\n" for source, reason in skipped)
-    _write_atomically(output_dir / "skipped.txt", listing.encode(), inputs)
+    write_atomically(output_dir / "skipped.txt", listing.encode(), inputs)
     return PredictionSummary(table, skipped, csv_path)
 
 
@@ -198,7 +198,7 @@ def _write_outputs(source: Path, name: Path, image: np.ndarray, probability: np.
         _write_png(output_dir / "probabilities" / name, np.round(probability * 255).astype(np.uint8), inputs)
     elif save_probs == "npy":
         buffer = _npy_bytes(probability.astype(np.float32))
-        _write_atomically(output_dir / "probabilities" / name.with_suffix(".npy"), buffer, inputs)
+        write_atomically(output_dir / "probabilities" / name.with_suffix(".npy"), buffer, inputs)
     if overlays:
         _write_png(output_dir / "overlays" / name, cv2.cvtColor(overlay(image, mask), cv2.COLOR_RGB2BGR), inputs)
     pixels = int(mask.sum())
@@ -245,10 +245,10 @@ def _write_png(path: Path, image: np.ndarray, inputs: set[Path]) -> None:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"could not encode {path} as PNG")
-    _write_atomically(path, encoded.tobytes(), inputs)
+    write_atomically(path, encoded.tobytes(), inputs)
 
 
-def _write_atomically(path: Path, data: bytes, inputs: set[Path]) -> None:
+def write_atomically(path: Path, data: bytes, inputs: set[Path]) -> None:
     """Writes via a temporary file and a rename: no half-written file, and never onto an input."""
     if path.resolve() in inputs:
         raise InferenceError(f"refusing to write {path}: it is one of the inputs")

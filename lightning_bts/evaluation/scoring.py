@@ -48,12 +48,15 @@ GRID_PREFIX = "model_grid_"
 class Evaluation:
     """Metrics of one evaluation: ``metrics`` as written to metrics.json, ``per_image`` one row per slice.
 
-    ``predictions`` (bool ``(N, S, S)`` at the model's grid, rows as ``per_image``) is kept only when asked for.
+    ``predictions`` (bool ``(N, S, S)`` at the model's grid, rows as ``per_image``) is kept only when asked for;
+    ``per_volume`` (one row per scan) only for a dataset of volumes
+    (:mod:`lightning_bts.evaluation.volume_scoring`).
     """
 
     metrics: dict[str, Any]
     per_image: pd.DataFrame
     predictions: np.ndarray | None = field(default=None, repr=False)
+    per_volume: pd.DataFrame | None = None
 
 
 class SliceScores:
@@ -159,7 +162,7 @@ def evaluate(
         "model_grid": {"resolution": f"{size}x{size}", **grid.summary(),
                        "hd_units": "mm" if millimetres else "pixels of the model grid"},
         "n_images": len(per_image), "part": part, "data_root": str(datamodule.hparams.root), "image_size": size,
-        **_settings_entries(predictor),
+        **settings_entries(predictor),
     }
     return Evaluation(metrics, per_image, np.stack(kept) if keep_predictions else None)
 
@@ -201,7 +204,8 @@ def evaluate_checkpoints(
     return evaluation
 
 
-def _settings_entries(predictor: Predictor) -> dict[str, Any]:
+def settings_entries(predictor: Predictor) -> dict[str, Any]:
+    """What metrics.json records of the predictor: post-processing, TTA and where they came from, precision."""
     return {
         "threshold": predictor.postprocessing.threshold, "postprocessing": predictor.postprocessing.as_dict(),
         "postprocessing_rule": predictor.postprocessing.describe(), "tta": predictor.tta,

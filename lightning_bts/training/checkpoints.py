@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from lightning_bts.data import BrainTumorDataModule
+from lightning_bts.data.intensity import DEFAULT_INTENSITY
 from lightning_bts.training.checkpoint_file import (
     TRAINING_ONLY_KEYS,
     CheckpointError,
@@ -27,7 +28,7 @@ from lightning_bts.training.checkpoint_file import (
 )
 from lightning_bts.training.module import SegmentationModule
 
-PREPROCESSING_KEYS = ("image_size", "in_channels", "skull_strip")
+PREPROCESSING_KEYS = ("image_size", "in_channels", "skull_strip", "intensity")
 # Large entries CheckpointInfo.extra leaves out: the weights and what only resuming needs (with weight
 # averaging, Lightning stores the averaged weights as state_dict, what evaluation uses, and the raw ones as
 # current_model_state, one of TRAINING_ONLY_KEYS).
@@ -40,11 +41,15 @@ class Preprocessing:
     """What a model's input must look like; the arguments of the same names of :class:`BrainTumorDataModule`.
 
     ``BrainTumorDataModule(root, fold=None, **preprocessing.as_dict())`` evaluates with the training pipeline.
+    ``intensity`` is how the training slices were made 8-bit (:mod:`lightning_bts.data.intensity`), which the
+    volume readers repeat; a checkpoint that does not record it (written before the setting existed) was
+    trained on figshare slices: :data:`~lightning_bts.data.intensity.DEFAULT_INTENSITY`.
     """
 
     image_size: int
     in_channels: int
     skull_strip: str
+    intensity: str = DEFAULT_INTENSITY
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +112,8 @@ def preprocessing_from_dict(checkpoint: Mapping[str, Any], path: str | Path = "<
             values[key] = data[key]
         elif key == "in_channels" and key in model:
             values[key] = model[key]
+        elif key == "intensity":  # older checkpoints: all trained on figshare slices (see Preprocessing)
+            values[key] = DEFAULT_INTENSITY
         else:
             values[key] = defaults[key]
             guessed.append(f"{key}={defaults[key]!r}")
@@ -120,7 +127,8 @@ def preprocessing_from_dict(checkpoint: Mapping[str, Any], path: str | Path = "<
     if "in_channels" in model and "in_channels" in data and model["in_channels"] != data["in_channels"]:
         raise CheckpointError(f"checkpoint {path}: model in_channels={model['in_channels']} but data "
                               f"in_channels={data['in_channels']}; the checkpoint is inconsistent")
-    preprocessing = Preprocessing(int(values["image_size"]), int(values["in_channels"]), str(values["skull_strip"]))
+    preprocessing = Preprocessing(int(values["image_size"]), int(values["in_channels"]), str(values["skull_strip"]),
+                                  str(values["intensity"]))
     try:  # the data module's own checks: channels 1/3, size a multiple of 16, a known skull-strip method
         BrainTumorDataModule(**preprocessing.as_dict())
     except ValueError as error:

@@ -8,7 +8,8 @@
 
 from lightning_bts.data.figshare.convert import convert, summarize
 from lightning_bts.data.figshare.fetch import download
-from lightning_bts.data.figshare.release import FigshareError, Slice, patient_group, read_cvind, read_slice, to_uint8
+from lightning_bts.data.figshare.release import FigshareError, Slice, patient_group, read_cvind, read_slice
+from lightning_bts.data.intensity import to_uint8  # the one mapping (data/intensity.py), kept importable here
 
 __all__ = ["FigshareError", "Slice", "convert", "download", "patient_group", "read_cvind", "read_slice",
            "summarize", "to_uint8"]

@@ -42,8 +42,8 @@ from lightning_bts.data.figshare.release import (
     patient_group,
     read_cvind,
     read_slice,
-    to_uint8,
 )
+from lightning_bts.data.intensity import DEFAULT_INTENSITY, to_uint8
 
 
 def convert(
@@ -131,7 +131,8 @@ def _convert_into(sources: list[Path], staging: Path, log: Log) -> pd.DataFrame:
 def _write_slice(slice_id: int, item: Slice, staging: Path) -> dict:
     """Write one slice's image and mask PNGs; return its metadata row (without the fold)."""
     image_name, mask_name = f"images/{slice_id:04d}.png", f"masks/{slice_id:04d}.png"
-    for name, pixels in ((image_name, to_uint8(item.image)), (mask_name, item.mask.astype(np.uint8) * 255)):
+    image = to_uint8(item.image, DEFAULT_INTENSITY)  # the mapping prediction repeats on NIfTI/DICOM slices
+    for name, pixels in ((image_name, image), (mask_name, item.mask.astype(np.uint8) * 255)):
         if not cv2.imwrite(str(staging / name), pixels, PNG_OPTIONS):
             raise FigshareError(f"cannot write {staging / name}")
     height, width = item.image.shape
@@ -270,9 +271,9 @@ release and its CV folds, but slices of IDs sharing the numeric stem look like t
 ## Conversion
 
 Sources: {", ".join(f"`{source.name}`" for source in sources)}. Each `cjdata.image` (int16) was min-max scaled
-per slice to 0-255 (truncated to uint8, as in the shared copy); `cjdata.tumorMask` was written as 0/255. Both
-were transposed back from the column-major MATLAB v7.3 storage. No resizing or cropping. PNGs use zlib
-level 9.
+per slice to 0-255 (truncated to uint8, as in the shared copy; the data setting `intensity: {DEFAULT_INTENSITY}`);
+`cjdata.tumorMask` was written as 0/255. Both were transposed back from the column-major MATLAB v7.3
+storage. No resizing or cropping. PNGs use zlib level 9.
 
 ## Source and citation
 

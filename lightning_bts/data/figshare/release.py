@@ -115,19 +115,6 @@ def read_cvind(data: bytes, origin: str) -> np.ndarray:
     return folds.astype(int)
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Per-slice min-max scaling to 0-255, truncated, as in the shared copy.
-
-    The shared PNGs each span exactly 0-255, and 255 almost always occurs on a single pixel (the slice
-    maximum), which fits truncation rather than rounding. A constant slice becomes all zeros.
-    """
-    values = image.astype(np.float64)
-    low, high = values.min(), values.max()
-    if high <= low:
-        return np.zeros(image.shape, np.uint8)
-    return np.floor((values - low) * (255.0 / (high - low))).astype(np.uint8)
-
-
 def patient_group(patient_id: str) -> str:
     """Grouping key for leakage-free splits: ``MR024780B`` -> ``MR024780`` (same stem, same patient)."""
     match = MR_WITH_LETTER.fullmatch(patient_id)
