@@ -115,3 +115,30 @@ def test_one_empty_mask_scores_the_image_diagonal_and_is_counted():
 def test_bad_threshold_is_rejected():
     with pytest.raises(ValueError, match="between 0 and 1"):
         OverlapMetrics(threshold=1.0)
+
+
+def _boundary_points(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """Foreground pixels with a 4-neighbour outside the mask (or the image), in physical units: by padding."""
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return np.argwhere(mask & ~inner) * np.asarray(spacing)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.5, 0.8)])
+def test_hd95_matches_an_all_pairs_oracle(spacing):
+    """HD95 from every boundary-to-boundary distance (SciPy's cdist), not from distance transforms."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        pred = np.zeros((48, 40), bool)
+        target = np.zeros((48, 40), bool)
+        pred[rng.integers(5, 20):rng.integers(25, 45), rng.integers(3, 15):rng.integers(20, 38)] = True
+        target[rng.integers(0, 25):rng.integers(30, 48), rng.integers(0, 18):rng.integers(22, 40)] = True
+        pred[rng.random(pred.shape) > 0.97] = True  # scattered islands: a long tail of distances
+        distances = cdist(_boundary_points(pred, spacing), _boundary_points(target, spacing))
+        to_target, to_pred = distances.min(axis=1), distances.min(axis=0)
+        hd, hd95, _ = hausdorff_distances(pred, target, spacing=spacing)
+        assert hd == pytest.approx(max(to_target.max(), to_pred.max()), rel=1e-9)
+        assert hd95 == pytest.approx(max(np.percentile(to_target, 95), np.percentile(to_pred, 95)), rel=1e-9)
+        assert hd95 < hd  # the islands make the maximum an outlier that HD95 leaves out

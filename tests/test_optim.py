@@ -213,3 +213,49 @@ def test_a_time_budget_ends_the_schedule_when_time_runs_out(tmp_path, monkeypatc
     assert len(rates) == 8  # the Timer stops the run after the step that reaches 8 s
     assert rates[-1] == pytest.approx(1e-4, rel=1e-9) and rates[-2] > 1e-4 * 1.5
     assert rates == sorted(rates, reverse=True)
+
+
+def _one_weight_step(name: str, weight_decay: float, lr: float = 0.1) -> float:
+    """The weight after one step from w = 1 with a zero loss gradient: only weight decay moves it."""
+    from lightning_bts.training.optim import build_optimizer
+
+    weight = torch.ones(1, requires_grad=True)
+    optimizer = build_optimizer(name, [weight], lr=lr, weight_decay=weight_decay, momentum=0.9)
+    (0 * weight).sum().backward()
+    optimizer.step()
+    return weight.item()
+
+
+def test_weight_decay_is_decoupled_for_adamw_and_an_l2_gradient_otherwise():
+    assert _one_weight_step("adamw", 0.01) == pytest.approx(1 - 0.1 * 0.01)  # w -= lr * wd * w
+    # L2 in the gradient (g = wd * w): Adam normalises it to a step of ~lr whatever its size
+    assert _one_weight_step("adam", 0.01) == pytest.approx(1 - 0.1, rel=1e-4)
+    assert _one_weight_step("keras_adam", 0.01) == pytest.approx(1 - 0.1, rel=1e-3)
+    assert _one_weight_step("sgd", 0.01) == pytest.approx(1 - 0.1 * 0.01 * (1 + 0.9))  # Nesterov: g (1 + m)
+    for name in ("adamw", "adam", "keras_adam", "sgd"):
+        assert _one_weight_step(name, 0.0) == 1.0
+    with pytest.raises(ConfigError, match="weight_decay"):
+        _one_weight_step("adamw", -0.1)
+
+
+@pytest.mark.parametrize("kind,warmup,expected", [
+    ("none", 0.0, []),
+    ("cosine", 0.0, [("BudgetSchedule", "step")]),
+    ("poly", 0.0, [("BudgetSchedule", "step")]),
+    ("none", 0.5, [("BudgetSchedule", "step")]),  # warm-up alone: a constant rate after it
+    ("plateau", 0.0, [("ReduceLROnPlateau", "epoch")]),
+    ("plateau", 0.5, [("BudgetSchedule", "step"), ("ReduceLROnPlateau", "epoch")]),
+])
+def test_each_scheduler_branch_gives_lightning_its_configs(kind, warmup, expected):
+    from lightning_bts.training.schedules import lightning_schedulers
+
+    trainer = SimpleNamespace(train_dataloader=object(), num_training_batches=10, accumulate_grad_batches=1,
+                              estimated_stepping_batches=100, callbacks=[])
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    configs = lightning_schedulers(optimizer, trainer, kind, warmup_epochs=warmup, monitor="val/dice")
+    assert [(type(c["scheduler"]).__name__, c["interval"]) for c in configs] == expected
+    schedules = [c["scheduler"] for c in configs if isinstance(c["scheduler"], BudgetSchedule)]
+    if schedules:
+        assert schedules[0].warmup_steps == round(warmup * 10) and schedules[0].total_steps == 100
+    if kind == "plateau":
+        assert configs[-1]["monitor"] == "val/dice"

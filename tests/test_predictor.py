@@ -65,6 +65,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return trained_checkpoint(tmp_path_factory)
 
 
+def test_auto_picks_a_present_gpu_and_a_gpu_index_or_mps_beyond_the_machine_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("gpu:0") == torch.device("cuda:0")
+    with pytest.raises(InferenceError, match="--device cuda:1: this machine has 1 CUDA GPU"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(InferenceError, match="--ckpt-device mps: MPS is not available here; use --ckpt-device cpu"):
+        resolve_device("mps", option="--ckpt-device")
+
+
 def test_device_is_chosen_once_and_a_missing_gpu_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")

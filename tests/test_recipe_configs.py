@@ -64,3 +64,21 @@ def test_best_cpu_ingredients_train_two_steps_on_the_sample(tmp_path):
     split = json.loads((result.log_dir / "splits.json").read_text())
     assert split["test"] and not set(split["test"]) & set(split["train"] + split["val"])
     assert 0 <= result.metrics["val/dice"] <= 1
+
+
+def _resolved(tmp_path, *args: str) -> dict:
+    """The whole parsed config (trainer, model, data, seed) of ``args``, without the list of files read."""
+    cli = BTSCLI([*args, "--output_dir", str(tmp_path)])
+    config = cli.config.as_dict()
+    config.pop("config", None)
+    return config
+
+
+def test_paper_bce_is_paper_focal_but_for_the_loss(tmp_path):
+    focal = _resolved(tmp_path, "--config", str(REPO / "configs/paper_focal.yaml"))
+    bce = _resolved(tmp_path, "--config", str(REPO / "configs/paper_bce.yaml"))
+    layered = _resolved(tmp_path, "--config", str(REPO / "configs/paper_focal.yaml"),
+                        "--config", str(REPO / "configs/paper_bce.yaml"))
+    assert (focal["model"].pop("loss"), bce["model"].pop("loss")) == ("focal", "bce")
+    assert bce == focal
+    assert layered["model"].pop("loss") == "bce" and layered == focal

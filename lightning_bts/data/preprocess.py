@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 
 from lightning_bts.data.records import read_pair
 from lightning_bts.data.skull_strip import SKULL_STRIP_METHODS, brain_mask
+from lightning_bts.files import atomic_path
 
 CACHE_FORMAT_VERSION = 2  # bump when preprocessing changes what it produces
 
@@ -98,7 +98,5 @@ def _cache_path(records: pd.DataFrame, image_size: int, skull_strip: str, rgb: b
 
 
 def _write_atomically(path: Path, data: PreprocessedSlices) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        np.savez(handle, images=data.images, masks=data.masks)
-    os.replace(handle.name, path)
+    with atomic_path(path) as temporary:
+        np.savez(temporary, images=data.images, masks=data.masks)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from lightning_bts.errors import UserError
 from lightning_bts.evaluation.predict_files import find_images
 from lightning_bts.evaluation.predictor import Predictor, prepare_image
 from lightning_bts.evaluation.settings import InferenceSettings
+from lightning_bts.files import atomic_path
 from lightning_bts.training.checkpoint_file import WEIGHT_DTYPES, read_checkpoint, release_checkpoint
 from lightning_bts.training.checkpoints import Preprocessing
 from lightning_bts.training.module import SegmentationModule
@@ -203,9 +203,7 @@ def export_checkpoint(
     with torch.inference_mode():
         expected = net(images).numpy()
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.stem}.{os.getpid()}.tmp{output.suffix}")
-    try:
+    with atomic_path(output) as temporary:  # a failed export or check leaves no file
         if kind == "checkpoint":
             torch.save(release_checkpoint(read_checkpoint(checkpoint), weights_dtype), temporary)
         else:
@@ -216,9 +214,6 @@ def export_checkpoint(
         if not diff <= atol:
             raise ExportCheckError(f"{kind} export of {checkpoint} differs from PyTorch by up to {diff:.3g} "
                               f"(allowed {atol:g}); nothing written")
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
     return ExportReport(output, kind, diff, float(np.abs(expected).max()), len(images), batches)
 
 

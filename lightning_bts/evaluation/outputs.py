@@ -19,6 +19,7 @@ import numpy as np
 
 from lightning_bts.errors import UserError
 from lightning_bts.evaluation.scoring import Evaluation
+from lightning_bts.files import write_atomically
 from lightning_bts.metrics import RATIO_NAMES
 
 
@@ -39,12 +40,7 @@ def write_files_atomically(out_dir: str | Path, files: Mapping[str, str | bytes]
         target = out_dir
     try:
         for name, content in files.items():
-            path = target / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(content.encode() if isinstance(content, str) else content)
-            os.replace(temporary, path)
+            write_atomically(target / name, content)
         if fresh:
             os.rename(target, out_dir)
     except BaseException:

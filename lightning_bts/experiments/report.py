@@ -186,6 +186,16 @@ def _p(value: float) -> str:
     return "n/a" if pd.isna(value) else (f"{value:.2e}" if value < 1e-3 else f"{value:.3f}")
 
 
+def _table(rows: list[dict[str, str]], align: str) -> str:
+    """A Markdown table of already formatted cells; ``align`` has an ``l`` or ``r`` per column.
+
+    The cells are strings on purpose (``disable_numparse``): tabulate would otherwise re-format numbers such as
+    ``1.20e-04`` and drop the report's rounding.
+    """
+    columns = tuple({"l": "left", "r": "right"}[a] for a in align)
+    return pd.DataFrame(rows).to_markdown(index=False, tablefmt="pipe", colalign=columns, disable_numparse=True)
+
+
 def _checks(records: list[dict], losses: Sequence[str]) -> list[str]:
     """Leakage and pairing checks recomputed from the results, stated as facts in the report."""
     lines = []
@@ -289,31 +299,30 @@ def _markdown(data: dict[str, Any], summary: pd.DataFrame, paired: pd.DataFrame,
               "Percent; mean ± sd across folds, 95% t-interval across folds (clipped to 0–100; summary.csv has the "
               "raw interval), and the paper's 5-fold mean. The paper measured on its own private set of 314 "
               "images (800x512), not on the figshare data: its numbers are context, not a target here.", ""]
-    header = "| metric |" + "".join(f" {loss} mean ± sd | {loss} 95% CI | paper {loss} |" for loss in losses)
-    lines += [header, "|---|" + "---:|---:|---:|" * len(losses)]
+    rows = []
     for metric in (*TABLE_METRICS, *EXTRA_METRICS, "dice_per_image"):
-        cells = []
+        cells = {"metric": "Dice (mean per slice)" if metric == "dice_per_image" else metric}
         for loss in losses:
             row = summary[(summary["loss"] == loss) & (summary["metric"] == metric)].iloc[0]
-            interval = f"{_pct(max(row['ci95_low'], 0.0))}–{_pct(min(row['ci95_high'], 1.0))}"
-            cells.append(f" {_pct(row['mean'])} ± {_pct(row['sd'])} | {interval}"
-                         f" | {_pct(row['paper']) if not pd.isna(row['paper']) else ''} |")
-        label = "Dice (mean per slice)" if metric == "dice_per_image" else metric
-        lines.append(f"| {label} |" + "".join(cells))
+            cells[f"{loss} mean ± sd"] = f"{_pct(row['mean'])} ± {_pct(row['sd'])}"
+            cells[f"{loss} 95% CI"] = f"{_pct(max(row['ci95_low'], 0.0))}–{_pct(min(row['ci95_high'], 1.0))}"
+            cells[f"paper {loss}"] = _pct(row["paper"]) if not pd.isna(row["paper"]) else ""
+        rows.append(cells)
+    lines.append(_table(rows, "l" + "rrr" * len(losses)))
     lines += ["", "## Hausdorff distances", "",
               f"Mean per slice within a fold, then mean ± sd and 95% t-interval across folds; {units}, "
               f"{resolution}. A slice with an empty prediction scores the image diagonal. The paper "
               f"reports a 95% CI of {PAPER_HD_CI_FOCAL_MM[0]}–{PAPER_HD_CI_FOCAL_MM[1]} mm for focal loss; "
-              "millimetres and a different resolution make the numbers not directly comparable.", "",
-              "| metric |" + "".join(f" {loss} mean ± sd | {loss} 95% CI |" for loss in losses),
-              "|---|" + "---:|---:|" * len(losses)]
+              "millimetres and a different resolution make the numbers not directly comparable.", ""]
+    rows = []
     for metric in DISTANCES:
-        cells = []
+        cells = {"metric": metric}
         for loss in losses:
             row = summary[(summary["loss"] == loss) & (summary["metric"] == metric)].iloc[0]
-            interval = f"{_num(row['ci95_low'])}–{_num(row['ci95_high'])}"
-            cells.append(f" {_num(row['mean'])} ± {_num(row['sd'])} | {interval} |")
-        lines.append(f"| {metric} |" + "".join(cells))
+            cells[f"{loss} mean ± sd"] = f"{_num(row['mean'])} ± {_num(row['sd'])}"
+            cells[f"{loss} 95% CI"] = f"{_num(row['ci95_low'])}–{_num(row['ci95_high'])}"
+        rows.append(cells)
+    lines.append(_table(rows, "l" + "rr" * len(losses)))
 
     if len(losses) >= 2 and not paired.empty:
         a, b = losses[:2]
@@ -321,17 +330,18 @@ def _markdown(data: dict[str, Any], summary: pd.DataFrame, paired: pd.DataFrame,
                   f"Differences are {a} minus {b}. Across folds: paired t-test on the pooled fold metrics, effect "
                   "size Cohen's d_z. Across slices: Wilcoxon signed-rank on per-slice metrics (each slice "
                   "predicted by the model of the fold that held it out), effect size the matched-pairs "
-                  "rank-biserial correlation. Two-sided; no correction for multiple comparisons.", "",
-                  "| level | metric | n | mean difference | test | statistic | p | effect size |",
-                  "|---|---|---:|---:|---|---:|---:|---|"]
+                  "rank-biserial correlation. Two-sided; no correction for multiple comparisons.", ""]
+        rows = []
         for _, row in paired.iterrows():
             scale = 100 if row["metric"].split()[0] in (*TABLE_METRICS, *EXTRA_METRICS) else 1
             unit = " pp" if scale == 100 else ""
-            difference = f"{scale * row['mean_difference']:+.2f}{unit}"
             statistic = "n/a" if pd.isna(row["statistic"]) else f"{row['statistic']:.3g}"
             effect = "n/a" if pd.isna(row["effect_size"]) else f"{row['effect_size']:+.2f}"
-            lines.append(f"| {row['level']} | {row['metric']} | {row['n']} | {difference} | {row['name']} | "
-                         f"{statistic} | {_p(row['p_value'])} | {row['effect_size_name']} {effect} |")
+            rows.append({"level": row["level"], "metric": row["metric"], "n": str(row["n"]),
+                         "mean difference": f"{scale * row['mean_difference']:+.2f}{unit}", "test": row["name"],
+                         "statistic": statistic, "p": _p(row["p_value"]),
+                         "effect size": f"{row['effect_size_name']} {effect}"})
+        lines.append(_table(rows, "llrrlrrl"))
         if n_folds < 5:
             lines += ["", f"With {n_folds} folds the t-test has {n_folds - 1} degree(s) of freedom: weak evidence."]
 

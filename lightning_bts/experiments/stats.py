@@ -1,14 +1,16 @@
-"""The few statistics the cross-validation report needs, written out so that each number can be checked.
+"""The few statistics the cross-validation report needs, on SciPy's routines, with the report's conventions.
 
 * :func:`summarize`: mean, sample standard deviation and a Student-t confidence interval (across folds,
-  n is small, so t rather than normal quantiles).
-* :func:`paired_t_test`: focal vs BCE on the same folds (same split, same initial weights); with Cohen's
-  d_z = mean(difference) / sd(difference) as the effect size.
+  n is small, so t rather than normal quantiles): ``scipy.stats.ttest_1samp(...).confidence_interval()``.
+* :func:`paired_t_test`: focal vs BCE on the same folds (same split, same initial weights), by
+  ``scipy.stats.ttest_rel``; with Cohen's d_z = mean(difference) / sd(difference) as the effect size.
 * :func:`wilcoxon_signed_rank`: the same comparison across validation slices, without assuming normal
   differences (per-slice Dice is far from normal); with the matched-pairs rank-biserial correlation
   r = (R+ - R-) / (R+ + R-) as the effect size.
 
-Two-sided p-values throughout. ``tests/test_stats.py`` checks every number against SciPy's own routines.
+What this module adds to SciPy: input checks, NaN intervals for one value, and a defined answer where SciPy
+warns (all differences equal). Two-sided p-values throughout; ``tests/test_stats.py`` checks every number
+against an independent formula.
 """
 
 from __future__ import annotations
@@ -62,9 +64,10 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     mean = float(x.mean())
     if n < 2:
         return Summary(n, mean, math.nan, math.nan, math.nan, confidence)
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * sd / math.sqrt(n)
-    return Summary(n, mean, sd, mean - half, mean + half, confidence)
+    if np.all(x == x[0]):  # SciPy warns of precision loss here; the interval is the point itself
+        return Summary(n, mean, 0.0, mean, mean, confidence)
+    interval = stats.ttest_1samp(x, popmean=0.0).confidence_interval(confidence_level=confidence)
+    return Summary(n, mean, float(x.std(ddof=1)), float(interval.low), float(interval.high), confidence)
 
 
 def _paired(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
@@ -75,9 +78,10 @@ def _paired(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
 
 
 def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
-    """Student's paired t-test of ``a`` vs ``b`` (same as ``scipy.stats.ttest_rel``) and Cohen's d_z.
+    """Student's paired t-test of ``a`` vs ``b`` (``scipy.stats.ttest_rel``) and Cohen's d_z.
 
-    With all differences equal (sd 0) t and d_z are ±inf (or NaN for no difference) and p is 0 (or 1).
+    With all differences equal (sd 0, where SciPy warns and gives NaN for no difference) t and d_z are ±inf
+    (or NaN for no difference) and p is 0 (or 1).
     """
     d = _paired(a, b)
     n = d.size
@@ -88,9 +92,9 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
         t = math.copysign(math.inf, mean) if mean else math.nan
         p = 0.0 if mean else 1.0
         return PairedTest("paired t-test", n, mean, t, p, t, "Cohen's d_z")
-    t = mean / (sd / math.sqrt(n))
-    p = float(2 * stats.t.sf(abs(t), df=n - 1))
-    return PairedTest("paired t-test", n, mean, t, p, mean / sd, "Cohen's d_z")
+    result = stats.ttest_rel(_values(a), _values(b))
+    return PairedTest("paired t-test", n, mean, float(result.statistic), float(result.pvalue), mean / sd,
+                      "Cohen's d_z")
 
 
 def rank_biserial(a: Sequence[float], b: Sequence[float]) -> float:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pandas as pd
+
 
 @dataclass(frozen=True)
 class Tolerances:
@@ -74,12 +76,15 @@ class ParityReport:
 
     def markdown(self, title: str, preamble: str = "") -> str:
         status = "PASS" if self.passed else "FAIL"
+        table = pd.DataFrame({
+            "check": [check.name.replace("|", "\\|") for check in self.checks],  # a bare | would split the cell
+            "value": [f"{check.value:.3g}" for check in self.checks],
+            "tolerance": [f"<= {check.tolerance:.3g}" for check in self.checks],
+            "result": ["pass" if check.passed else "**FAIL**" for check in self.checks],
+        })
         lines = [f"# {title}", "", preamble, "", f"**Overall: {status}** ({sum(c.passed for c in self.checks)}"
-                 f"/{len(self.checks)} checks pass)", "", "| check | value | tolerance | result |", "|---|---|---|---|"]
-        for check in self.checks:
-            name = check.name.replace("|", "\\|")  # a bare | would split the Markdown cell
-            lines.append(f"| {name} | {check.value:.3g} | <= {check.tolerance:.3g} | "
-                         f"{'pass' if check.passed else '**FAIL**'} |")
+                 f"/{len(self.checks)} checks pass)", "",
+                 table.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)]
         if self.findings:
             lines += ["", "What the obvious alternatives would cost (measured, not pass/fail):", ""]
             lines += [f"- {finding}" for finding in self.findings]

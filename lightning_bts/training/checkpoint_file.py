@@ -5,7 +5,6 @@ atomically. Plain torch: no module is built here, so :mod:`lightning_bts.trainin
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 
 from lightning_bts.errors import UserError
+from lightning_bts.files import atomic_path
 
 
 class CheckpointError(UserError):
@@ -54,14 +54,11 @@ def write_checkpoint_entry(path: str | Path, key: str, value: Any) -> None:
     path = Path(path)
     checkpoint = read_checkpoint(path)
     checkpoint[key] = value
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(checkpoint, temporary)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            torch.save(checkpoint, temporary)
     except OSError as error:
         raise CheckpointError(f"cannot rewrite checkpoint {path}: {error}") from error
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 # What only resuming a training needs; a released model leaves them out (an AdamW state is twice the weights).

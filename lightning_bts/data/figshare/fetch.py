@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import urllib.request
 from pathlib import Path
 
 from lightning_bts.data.figshare.release import API_URL, ARTICLE_ID, DOI, RELEASE_FILES, USER_AGENT, FigshareError, Log
+from lightning_bts.files import atomic_path
 
 
 def download(cache: str | Path, log: Log | None = None) -> list[Path]:
@@ -35,12 +35,10 @@ def download(cache: str | Path, log: Log | None = None) -> list[Path]:
         entry, target = listing[name], cache / name
         if not _is_complete(target, entry):
             log(f"downloading {name} ({entry.get('size', 0) / 2**20:.0f} MiB)")
-            partial = target.with_name(f"{name}.part")
-            _fetch_to(entry["download_url"], partial)
-            if "computed_md5" in entry and _md5(partial) != entry["computed_md5"]:
-                partial.unlink()
-                raise FigshareError(f"{name} from {entry['download_url']}: MD5 does not match; download again")
-            os.replace(partial, target)
+            with atomic_path(target) as partial:  # a failed download or MD5 check leaves no file
+                _fetch_to(entry["download_url"], partial)
+                if "computed_md5" in entry and _md5(partial) != entry["computed_md5"]:
+                    raise FigshareError(f"{name} from {entry['download_url']}: MD5 does not match; download again")
         paths.append(target)
     return paths
 
