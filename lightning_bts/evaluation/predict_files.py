@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lightning_bts import files
 from lightning_bts.data.records import IMAGE_SUFFIXES, DatasetError, read_image
 from lightning_bts.evaluation.postprocess import PostProcessing
 from lightning_bts.evaluation.predictor import InferenceError, Predictor, prepare_image, to_original_size
@@ -249,13 +250,7 @@ def _write_png(path: Path, image: np.ndarray, inputs: set[Path]) -> None:
 
 
 def write_atomically(path: Path, data: bytes, inputs: set[Path]) -> None:
-    """Writes via a temporary file and a rename: no half-written file, and never onto an input."""
+    """:func:`lightning_bts.files.write_atomically`, refusing to write onto one of the prediction's inputs."""
     if path.resolve() in inputs:
         raise InferenceError(f"refusing to write {path}: it is one of the inputs")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename is atomic
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    files.write_atomically(path, data)

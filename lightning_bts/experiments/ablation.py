@@ -33,6 +33,7 @@ from typing import Any
 from lightning_bts.evaluation.outputs import to_json, write_files_atomically
 from lightning_bts.experiments.ablation_report import write_report
 from lightning_bts.experiments.ablation_rows import RESERVED, AblationError, Row, RowFiles, load_rows
+from lightning_bts.files import atomic_path
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ROWS = "configs/ablation/best_recipe.yaml"
@@ -180,9 +181,8 @@ def select_row(row: Row, source: dict[str, Any], settings: Settings, commit: str
         if previous.get("source_checkpoint") == identity:
             return previous
     files.folder.mkdir(parents=True, exist_ok=True)
-    partial = files.folder / f".{files.selected.name}.tmp"
-    shutil.copyfile(source["checkpoint"], partial)
-    os.replace(partial, files.selected)
+    with atomic_path(files.selected) as partial:
+        shutil.copyfile(source["checkpoint"], partial)
     with_tta = row.select == "tta"
     _run(_script("select_postprocessing", "--ckpt", str(files.selected), "--cache-dir", str(settings.cache_dir),
                  *(["--device", settings.device] if settings.device != "auto" else []),
