@@ -138,6 +138,11 @@ class BTSCLI(LightningCLI):
         kwargs.update(xla_kwargs)
         kwargs.update(self.trainer_overrides)
         self.extra_callbacks += xla_callbacks + [RunHeader(), WallClock(), ValidationPreview(config.preview_slices)]
+        # The Trainer's callbacks: the config's, then the defaults it does not replace, then the callers'.
+        # (LightningCLI appends its SaveConfigCallback to this list.)
+        trainer = {**self.config_init.trainer, **kwargs}  # what LightningCLI builds the Trainer from
+        configured = _as_list(trainer.get("callbacks"))
+        kwargs["callbacks"] = [*configured, *default_callbacks(trainer, configured), *self.extra_callbacks]
         # One example image lets the model summary count FLOPs (its column reads 0 without one).
         data = config.data
         self.model.example_input_array = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
@@ -150,14 +155,6 @@ class BTSCLI(LightningCLI):
         for folder in [self.claimed_run_dir, *reversed(self.created_dirs)]:
             with contextlib.suppress(OSError):  # not empty: another run, or files of this one, live there
                 folder.rmdir()
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
-        if config.get("enable_checkpointing") is not False and not _has(config.get("callbacks"), ModelCheckpoint):
-            callbacks.extend(default_checkpoints())
-        if config.get("logger") is not False and not _has(config.get("callbacks"), LearningRateMonitor):
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
-        return super()._instantiate_trainer(config, callbacks + self.extra_callbacks)
-
 
 def claim_run_dir(parent: Path, version: str) -> Path:
     """Create and return ``parent/version``, or ``parent/version-2``, ``-3``, ... if another run holds it.
@@ -176,6 +173,17 @@ def claim_run_dir(parent: Path, version: str) -> Path:
     raise AssertionError("unreachable")
 
 
+def default_callbacks(trainer: Mapping[str, Any], configured: Sequence[Callback]) -> list[Callback]:
+    """The checkpoints of :func:`default_checkpoints` and a learning-rate monitor, each unless the Trainer's
+    settings turn it off (``enable_checkpointing``, ``logger``) or the config brings its own."""
+    callbacks: list[Callback] = []
+    if trainer.get("enable_checkpointing") is not False and not _has(configured, ModelCheckpoint):
+        callbacks.extend(default_checkpoints())
+    if trainer.get("logger") is not False and not _has(configured, LearningRateMonitor):
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks
+
+
 def default_checkpoints() -> list[ModelCheckpoint]:
     """``last.ckpt`` every epoch (what cross-validation reports) and the best epoch by validation Dice.
 
@@ -188,8 +196,11 @@ def default_checkpoints() -> list[ModelCheckpoint]:
     return [last, best]
 
 
-def _has(callbacks: Any, kind: type) -> bool:
+def _as_list(callbacks: Any) -> list[Callback]:
     if callbacks is None:
-        return False
-    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        return []
+    return list(callbacks) if isinstance(callbacks, list) else [callbacks]
+
+
+def _has(callbacks: Sequence[Callback], kind: type) -> bool:
     return any(isinstance(cb, kind) for cb in callbacks)
