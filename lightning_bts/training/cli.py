@@ -1,25 +1,30 @@
-"""The command line shared by every training entry point (LightningCLI with layered YAML configs).
+"""The configuration shared by every training entry point (LightningCLI with layered YAML configs).
 
-``fit.py``, cross-validation and Ray Tune all build their runs through :class:`BTSCLI`, so one config file
-means the same run everywhere. Shortcuts ``--accelerator``, ``--devices`` and ``--precision`` set the
-matching ``--trainer.*`` options; ``--ckpt_path`` resumes a run.
+``fit.py``, cross-validation and Ray Tune all parse their configuration with :class:`BTSCLI`'s parser
+(:mod:`lightning_bts.training.config`) and build their runs through it, so one config file means the same run
+everywhere. Shortcuts ``--accelerator``, ``--devices`` and ``--precision`` set the matching ``--trainer.*``
+options; ``--ckpt_path`` resumes a run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import time
+from argparse import ArgumentError
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_bts.data import BrainTumorDataModule
+from lightning_bts.errors import ConfigError
 from lightning_bts.training.console import RunHeader, quiet_lightning, tensorboard_without_tensorflow
 from lightning_bts.training.module import SegmentationModule
 from lightning_bts.training.preview import ValidationPreview
@@ -51,13 +56,16 @@ class BTSCLI(LightningCLI):
     """LightningCLI for :class:`SegmentationModule` and :class:`BrainTumorDataModule`, parsed but not run.
 
     Args:
-        args: command-line arguments (``None``: ``sys.argv``), e.g. ``["--config", "configs/paper_focal.yaml"]``.
+        args: a parsed configuration (:func:`lightning_bts.training.config.parse_config`, or its dict), checked
+            again here; or command-line arguments, e.g. ``["--config", "configs/paper_focal.yaml"]``
+            (``None``: ``sys.argv``). A bad key or value raises :class:`~lightning_bts.errors.ConfigError`.
         extra_callbacks: callbacks added to the Trainer (cross-validation and Ray Tune use this).
         trainer_overrides: Trainer arguments that win over the config, for callers that own how the run is
             launched (Ray Train's multi-worker trials set ``strategy`` and ``plugins``).
     """
 
-    def __init__(self, args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] = (),
+    def __init__(self, args: Namespace | Mapping[str, Any] | Sequence[str] | None = None,
+                 extra_callbacks: Sequence[Callback] = (),
                  trainer_overrides: Mapping[str, Any] | None = None) -> None:
         self.extra_callbacks = list(extra_callbacks)
         self.claimed_run_dir: Path | None = None  # the run folder this CLI created (see claim_run_dir)
@@ -70,12 +78,13 @@ class BTSCLI(LightningCLI):
         super().__init__(
             SegmentationModule,
             BrainTumorDataModule,
-            args=list(args) if args is not None else None,
+            args=args if args is None or isinstance(args, (Namespace, Mapping)) else list(args),
             run=False,
             seed_everything_default=42,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={
+                "exit_on_error": False,  # parse_arguments raises ConfigError; --help still prints and exits
                 "description": "Train the paper's U-Net on brain MRI. Defaults: a few minutes on the shipped "
                 "sample, on CPU.",
                 "epilog": "Example: python scripts/fit.py --config configs/paper_focal.yaml --accelerator gpu",
@@ -112,6 +121,21 @@ class BTSCLI(LightningCLI):
                 "data.image_size": 128,  # 4x fewer pixels than 256, the same Dice on the sample (quick_cpu.yaml)
             }
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse (a list) or check (a config object) ``args``; a bad key or value raises :class:`ConfigError`.
+
+        Unlike LightningCLI's, no warning when ``sys.argv`` holds arguments too: ``train()`` is always given its
+        configuration explicitly, whatever command line the process was started with. A config object is copied
+        first (jsonargparse writes checked values into the object it is given), so the caller's stays as it was.
+        """
+        try:
+            if isinstance(args, (Namespace, Mapping)):
+                self.config = parser.parse_object(copy.deepcopy(args))
+            else:
+                self.config = parser.parse_args(args)
+        except ArgumentError as error:
+            raise config_error(error) from None
 
     def before_instantiate_classes(self) -> None:
         config = self.config
@@ -155,6 +179,11 @@ class BTSCLI(LightningCLI):
         for folder in [self.claimed_run_dir, *reversed(self.created_dirs)]:
             with contextlib.suppress(OSError):  # not empty: another run, or files of this one, live there
                 folder.rmdir()
+
+def config_error(error: ArgumentError) -> ConfigError:
+    """jsonargparse's message (it names the key) on one line, as ``errors.run_main`` prints it."""
+    return ConfigError("bad training option: " + " ".join(str(error).split()))
+
 
 def claim_run_dir(parent: Path, version: str) -> Path:
     """Create and return ``parent/version``, or ``parent/version-2``, ``-3``, ... if another run holds it.

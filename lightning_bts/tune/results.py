@@ -10,15 +10,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lightning_bts.training.config import parse_config
 from lightning_bts.tune.settings import SweepResult
 from lightning_bts.tune.space import METRIC, MODE
-from lightning_bts.tune.trial_args import TrainArgs, override_args
+from lightning_bts.tune.trial_args import TrainConfig
 
 # ------------------------------------------------------------------------------------------------- results
 
 
-def write_results(grid: Any, experiment_dir: Path, parsed: TrainArgs, base_args: list[str], keys: list[str],
-                  num_samples: int, cv: bool = False, ddp: bool = False) -> SweepResult:
+def write_results(grid: Any, experiment_dir: Path, parsed: TrainConfig, keys: list[str], num_samples: int,
+                  cv: bool = False, ddp: bool = False) -> SweepResult:
     """All trials as CSV and Markdown, the best trial as a fit.py config, and its best checkpoint copied
     (with ``cv`` its last, which holds every fold; for multi-worker trials (``ddp``) the best of its Ray Train run).
 
@@ -57,8 +58,8 @@ def write_results(grid: Any, experiment_dir: Path, parsed: TrainArgs, base_args:
         header = (f"# Best trial of the sweep in {experiment_dir} ({METRIC} {best_metrics.get(METRIC):.4f}, "
                   f"trial {best_metrics.get('trial_id')}).\n"
                   f"# Retrain: python scripts/fit.py --config {best_config}\n")
-        _write_atomic(best_config, header + parsed.dump(base_args + override_args(best_overrides)))
-        parsed.parse(["--config", str(best_config)])  # what fit.py --config will read
+        _write_atomic(best_config, header + parsed.dump(best_overrides))
+        parse_config(["--config", str(best_config)], parser=parsed.parser)  # what fit.py --config will read
         if cv:
             checkpoint = best.checkpoint
         elif ddp:
