@@ -23,7 +23,6 @@ import shlex
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -124,17 +123,19 @@ def run_ours(args: argparse.Namespace, root: Path, work: Path) -> tuple[list[tup
     import torch
     import yaml
 
+    from lightning_bts.training.config import parse_config
     from lightning_bts.training.train import train
 
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", "LightningCLI's args parameter")  # our own argv is not train()'s
     seconds = max(1, round(args.ours_minutes * 60))
-    max_time = f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-    result = train(["--config", str(args.config), "--data.root", str(root), "--data.fold", str(args.fold),
-                    "--data.num_folds", str(args.num_folds), "--data.test_fraction", str(args.test_fraction),
-                    "--data.seed", str(args.split_seed), "--data.image_size", str(args.image_size),
-                    "--data.cache_dir", str(work / "cache"), "--trainer.max_time", max_time,
-                    "--output_dir", str(work / "ours"), "--run_name", "best_cpu", *shlex.split(args.ours_args)])
+    config = parse_config(["--config", str(args.config)])
+    data = config.data  # the split and preprocessing Keras gets too
+    data.root, data.fold, data.num_folds, data.test_fraction = str(root), args.fold, args.num_folds, args.test_fraction
+    data.seed, data.image_size, data.cache_dir = args.split_seed, args.image_size, str(work / "cache")
+    days, hours, minutes = seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60
+    config.trainer.max_time = f"{days:02d}:{hours:02d}:{minutes:02d}:{seconds % 60:02d}"
+    config.output_dir, config.run_name = str(work / "ours"), "best_cpu"
+    result = train(parse_config(shlex.split(args.ours_args), base=config))  # --ours-args win, as they come last
     table = pd.read_csv(result.log_dir / "metrics.csv")
     rows = table.dropna(subset=["val/dice", "time/minutes"]).sort_values("time/minutes")
     curve = [(60.0 * float(m), float(d)) for m, d in zip(rows["time/minutes"], rows["val/dice"])]

@@ -5,11 +5,12 @@
 """
 
 from lightning_bts.errors import run_main
+from lightning_bts.training.config import parse_config
 from lightning_bts.training.train import train
 
 
 def main() -> None:
-    result = train()
+    result = train(parse_config())
     dice = result.metrics.get("val/dice")
     print(f"\nfinal val/dice (pooled): {dice:.4f}" if dice is not None else "\nno validation metrics logged")
     print(f"logs (TensorBoard, CSV metrics.csv, config.yaml, splits.json): {result.log_dir}")

@@ -10,12 +10,11 @@ epoch (0 means fixed shapes and no host syncs in the step) and the mean step tim
 """
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 from lightning_bts.errors import run_main
-from lightning_bts.training.xla_check import run_xla_check, xla_check_args
+from lightning_bts.training.xla_check import run_xla_check, xla_check_config
 
 
 def main() -> None:
@@ -27,12 +26,11 @@ def main() -> None:
     parser.add_argument("--output_dir", default=None, help="Run folder (default: a temporary one, removed after).")
     parser.add_argument("extra", nargs="*", help="More training CLI arguments (after --).")
     options = parser.parse_args()
-    sys.argv = sys.argv[:1]  # the training CLI reads its arguments from `args`, not from this command line
     with tempfile.TemporaryDirectory() as scratch:
         output_dir = options.output_dir or scratch
-        args = xla_check_args(options.epochs, options.image_size, options.devices, output_dir, options.batch_size,
-                              options.extra)
-        report, result = run_xla_check(args, Path(output_dir) / "xla_compiles.json")
+        config = xla_check_config(options.epochs, options.image_size, options.devices, output_dir,
+                                  options.batch_size, options.extra)
+        report, result = run_xla_check(config, Path(output_dir) / "xla_compiles.json")
         print(f"final val/dice: {result.metrics.get('val/dice', float('nan')):.4f}")
         for line in report.lines():
             print(line)

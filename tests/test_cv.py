@@ -111,8 +111,8 @@ def test_resume_skips_finished_runs_and_reruns_unfinished_ones(experiment, monke
     class Stop(Exception):
         pass
 
-    def fake_train(args, callbacks=()):
-        calls.append(list(args))
+    def fake_train(config, callbacks=()):
+        calls.append(config)
         raise Stop
 
     monkeypatch.setattr(cv, "train", fake_train)
@@ -126,9 +126,9 @@ def test_resume_skips_finished_runs_and_reruns_unfinished_ones(experiment, monke
         with pytest.raises(Stop):
             cv.run_cv(TRAIN_ARGS, out, num_folds=2)
         assert len(calls) == 1  # fold 0 (both losses) skipped, then focal_fold1 re-run
-        args = calls[0]
-        assert args[args.index("--data.fold") + 1] == "1" and args[args.index("--model.loss") + 1] == "focal"
-        assert args[args.index("--data.cache_dir") + 1] == str(out / "cache")
+        config = calls[0]
+        assert config.data.fold == 1 and config.model.loss == "focal"
+        assert config.data.cache_dir == str(out / "cache")
         assert not (out / "runs" / "focal_fold1" / "cv").exists()  # the unfinished attempt starts over
     finally:
         finished.write_bytes(saved)

@@ -13,6 +13,7 @@ from lightning_bts.data import BrainTumorDataModule, DatasetError
 from lightning_bts.data.dataset import SliceDataset
 from lightning_bts.data.transforms import AUGMENTATIONS, seed_augmentation_worker, train_augmentation
 from lightning_bts.errors import ConfigError
+from lightning_bts.training.config import parse_config
 from lightning_bts.training.train import train
 from tests.conftest import SAMPLE_ROOT, write_dataset
 
@@ -235,7 +236,7 @@ def test_bad_dataset_fails_clearly_and_writes_nothing(tmp_path, case):
     expected = corrupt(root, case)
     out = tmp_path / "runs"
     with pytest.raises(DatasetError, match=expected.replace(".", r"\.")):
-        train(["--data.root", str(root), "--data.image_size", "64", "--output_dir", str(out)])
+        train(parse_config(["--data.root", str(root), "--data.image_size", "64", "--output_dir", str(out)]))
     assert not out.exists()
 
 
@@ -251,7 +252,7 @@ def test_bad_fold_or_root_fails_clearly_and_writes_nothing(tiny_dataset, tmp_pat
     out = tmp_path / "runs"
     base = ["--data.root", str(tiny_dataset), "--data.image_size", "64", "--output_dir", str(out)]
     with pytest.raises(DatasetError, match=message):
-        train(base + args)
+        train(parse_config(base + args))
     assert not out.exists()
 
 

@@ -17,6 +17,7 @@ from lightning_bts.evaluation.bootstrap import confidence_intervals
 from lightning_bts.evaluation.data import evaluation_data
 from lightning_bts.evaluation.evaluate_cli import main
 from lightning_bts.training.checkpoints import CheckpointError
+from lightning_bts.training.config import parse_config
 from lightning_bts.training.train import train
 from tests.conftest import REPO, SAMPLE_ROOT, write_dataset
 
@@ -27,14 +28,14 @@ RATIOS = ("dice", "iou", "precision", "recall", "accuracy", "specificity")
 def trained(tmp_path_factory):
     """One short fp32 run on fold 0 of a 2-fold split of the sample (fp32: the logged metrics are exact)."""
     out = tmp_path_factory.mktemp("evaluation")
-    result = train([
+    result = train(parse_config([
         "--config", str(REPO / "configs" / "quick_cpu.yaml"), "--data.root", str(SAMPLE_ROOT),
         "--data.image_size", "32", "--data.num_folds", "2", "--data.num_workers", "0", "--data.batch_size", "32",
         "--data.cache_dir", str(out / "cache"), "--model.base_filters", "4", "--model.lr", "0.01",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.num_sanity_val_steps", "0",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--precision", "32-true", "--output_dir", str(out / "runs"), "--run_name", "r", "--version", "v",
-    ])
+    ]))
     return out, result
 
 

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from lightning_bts.data import BrainTumorDataModule
+from lightning_bts.errors import ConfigError
 from lightning_bts.keras.checkpoint import save_lightning_checkpoint
 from lightning_bts.keras.weights import export_keras_weights, load_keras_weights
 from lightning_bts.models import UNet
 from lightning_bts.training.cli import BTSCLI, claim_run_dir, default_precision
+from lightning_bts.training.config import check_config, parse_config
 from lightning_bts.training.module import SegmentationModule
 from lightning_bts.training.train import train
 from tests.conftest import REPO
@@ -53,7 +55,7 @@ def test_paper_configs_parse_to_the_paper_settings(tmp_path):
 
 
 def test_checkpoint_reloads_to_the_same_predictions(tmp_path):
-    result = train(TINY + ["--trainer.limit_train_batches", "2", "--output_dir", str(tmp_path)])
+    result = train(parse_config(TINY + ["--trainer.limit_train_batches", "2", "--output_dir", str(tmp_path)]))
     assert result.last_checkpoint.is_file() and (result.log_dir / "splits.json").is_file()
     assert (result.log_dir / "metrics.csv").is_file() and (result.log_dir / "config.yaml").is_file()
     reloaded = SegmentationModule.load_from_checkpoint(result.last_checkpoint, map_location="cpu").eval()
@@ -70,17 +72,48 @@ def test_checkpoint_reloads_to_the_same_predictions(tmp_path):
     assert {"val/dice", "val/hd95", "val/precision_per_image", "train/loss"} <= set(result.metrics)
 
 
+def test_a_caller_changes_a_config_object_and_trains_on_it(tmp_path):
+    """train() takes the parsed config: cross-validation and tuning change values on it, never strings."""
+    config = parse_config(TINY + ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+                                  "--preview_slices", "0"])
+    config.model.base_filters = 4
+    config.data.fold = 2
+    config.output_dir = str(tmp_path)
+    result = train(config)
+    saved = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+    assert saved["hyper_parameters"]["base_filters"] == 4 and saved["datamodule_hyper_parameters"]["fold"] == 2
+    assert result.log_dir.parent.name == "dice_bce_fold2" and result.log_dir.is_relative_to(tmp_path)
+    assert config.trainer.precision is None, "train() must not change its caller's config"
+
+
+def test_a_bad_key_is_an_error_naming_it_in_arguments_and_in_config_objects():
+    with pytest.raises(ConfigError, match="model.lrr"):
+        parse_config(["--model.lrr", "0.1"])
+    config = parse_config([])
+    config.model.lrr = 0.1
+    with pytest.raises(ConfigError, match="lrr"):
+        check_config(config)
+    with pytest.raises(ConfigError, match="lrr"):
+        train(config)
+    config = parse_config([])
+    config.data.fold = "two"
+    with pytest.raises(ConfigError, match="data.fold"):
+        train(config)
+    with pytest.raises(TypeError, match="parse_config"):
+        train(["--model.lr", "0.1"])
+
+
 def test_resume_continues_from_a_checkpoint(tmp_path):
-    first = train(TINY + ["--trainer.limit_train_batches", "1", "--output_dir", str(tmp_path)])
-    resumed = train(TINY + ["--trainer.limit_train_batches", "1", "--trainer.max_epochs", "3",
-                            "--ckpt_path", str(first.last_checkpoint), "--output_dir", str(tmp_path)])
+    first = train(parse_config(TINY + ["--trainer.limit_train_batches", "1", "--output_dir", str(tmp_path)]))
+    resumed = train(parse_config(TINY + ["--trainer.limit_train_batches", "1", "--trainer.max_epochs", "3",
+                                         "--ckpt_path", str(first.last_checkpoint), "--output_dir", str(tmp_path)]))
     assert torch.load(resumed.last_checkpoint, weights_only=False)["epoch"] == 2
 
 
 def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(tmp_path):
     # lr 0 keeps val/dice constant, so only epoch 0 is ever "best"; last.ckpt must still move on.
-    result = train(TINY + ["--trainer.limit_train_batches", "1", "--trainer.max_epochs", "3", "--model.lr", "0",
-                           "--output_dir", str(tmp_path)])
+    result = train(parse_config(TINY + ["--trainer.limit_train_batches", "1", "--trainer.max_epochs", "3",
+                                        "--model.lr", "0", "--output_dir", str(tmp_path)]))
     assert result.last_checkpoint.name == "last.ckpt"
     assert torch.load(result.last_checkpoint, weights_only=False)["epoch"] == 2
     assert result.best_checkpoint != result.last_checkpoint
@@ -89,8 +122,8 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(tmp_path
 def test_fit_fine_tunes_from_keras_weights(tmp_path):
     keras_file = export_keras_weights(UNet(), tmp_path / "notebook.weights.h5")
     # lr 0: the weights after the fit are the weights it started from
-    result = train(TINY + ["--trainer.limit_train_batches", "1", "--model.lr", "0", "--model.init_weights",
-                           str(keras_file), "--output_dir", str(tmp_path)])
+    result = train(parse_config(TINY + ["--trainer.limit_train_batches", "1", "--model.lr", "0",
+                                        "--model.init_weights", str(keras_file), "--output_dir", str(tmp_path)]))
     saved = torch.load(result.last_checkpoint, weights_only=False)["state_dict"]
     for name, value in load_keras_weights(UNet(), keras_file).state_dict().items():
         torch.testing.assert_close(saved[f"net.{name}"], value, rtol=0, atol=0)
@@ -116,10 +149,10 @@ def test_the_no_argument_recipe_learns(tmp_path):
     """The model, loss and optimiser of the no-argument run fit 16 sample slices: the training loss falls to less
     than half of its first epoch's. (Validation Dice on a tiny sample after a short run hangs on luck; this
     does not: a model that cannot learn, a loss with no gradient or an optimiser that does not step all fail.)"""
-    result = train(["--data.image_size", "64", "--data.num_workers", "0", "--trainer.max_epochs", "25",
-                    "--trainer.overfit_batches", "2", "--data.augment", "0", "--trainer.enable_progress_bar",
-                    "false", "--trainer.enable_model_summary", "false", "--model.hausdorff", "false",
-                    "--preview_slices", "0", "--output_dir", str(tmp_path)])
+    result = train(parse_config(["--data.image_size", "64", "--data.num_workers", "0", "--trainer.max_epochs", "25",
+                                 "--trainer.overfit_batches", "2", "--data.augment", "0",
+                                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                                 "--model.hausdorff", "false", "--preview_slices", "0", "--output_dir", str(tmp_path)]))
     losses = pd.read_csv(result.log_dir / "metrics.csv")["train/loss"].dropna().tolist()
     assert len(losses) == 25 and losses[-1] < 0.5 * losses[0], losses
 
@@ -146,8 +179,9 @@ def test_a_run_prints_what_a_user_needs_and_ends_with_a_picture(tmp_path):
 
 
 def test_default_root_dir_decides_where_runs_go(tmp_path):
-    result = train(TINY + ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
-                           "--trainer.default_root_dir", str(tmp_path / "elsewhere"), "--preview_slices", "0"])
+    result = train(parse_config(TINY + ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+                                        "--trainer.default_root_dir", str(tmp_path / "elsewhere"),
+                                        "--preview_slices", "0"]))
     assert result.log_dir.parent.parent == tmp_path / "elsewhere"
     assert result.last_checkpoint.is_relative_to(tmp_path / "elsewhere")
 
@@ -182,11 +216,12 @@ def test_two_runs_started_at_once_never_share_a_folder(tmp_path):
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_one_epoch_smoke_run_on_the_full_dataset(shared_root, tmp_path):
-    result = train(["--config", str(REPO / "configs/paper_focal.yaml"), "--data.root", str(shared_root),
-                    "--data.image_size", "128", "--data.num_workers", "2", "--trainer.max_epochs", "1",
-                    # every slice is read and preprocessed and the whole validation fold is scored; 12 training
-                    # steps are enough to show the loop runs on the real data (a full epoch took 2.5 minutes)
-                    "--trainer.limit_train_batches", "12",
-                    "--trainer.enable_progress_bar", "false", "--output_dir", str(tmp_path)])
+    config = parse_config(["--config", str(REPO / "configs/paper_focal.yaml"), "--data.root", str(shared_root),
+                           "--data.image_size", "128", "--data.num_workers", "2", "--trainer.max_epochs", "1",
+                           # every slice is read and preprocessed and the whole validation fold is scored; 12
+                           # training steps show the loop runs on the real data (a full epoch took 2.5 minutes)
+                           "--trainer.limit_train_batches", "12",
+                           "--trainer.enable_progress_bar", "false", "--output_dir", str(tmp_path)])
+    result = train(config)
     assert result.last_checkpoint.is_file()
     assert 0.0 <= result.metrics["val/dice"] <= 1.0 and result.metrics["val/accuracy"] > 0.9

@@ -28,6 +28,7 @@ from lightning_bts.training.checkpoints import (
     load_model,
     preprocessing_from_checkpoint,
 )
+from lightning_bts.training.config import parse_config
 from lightning_bts.training.train import train
 from tests.conftest import REPO, write_dataset
 
@@ -40,12 +41,13 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     root, checkpoint = base / "data", base / "run" / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         write_dataset(root)
-        train(["--data.root", str(root), "--data.image_size", str(IMAGE_SIZE), "--data.num_workers", "0",
-               "--data.batch_size", "4", "--model.depth", "2", "--model.base_filters", "4",
-               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-               "--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar",
-               "false", "--trainer.enable_model_summary", "false", "--precision", "32-true",
-               "--trainer.default_root_dir", str(base / "run"), "--output_dir", str(base / "unused")])
+        train(parse_config([
+            "--data.root", str(root), "--data.image_size", str(IMAGE_SIZE), "--data.num_workers", "0",
+            "--data.batch_size", "4", "--model.depth", "2", "--model.base_filters", "4",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar",
+            "false", "--trainer.enable_model_summary", "false", "--precision", "32-true",
+            "--trainer.default_root_dir", str(base / "run"), "--output_dir", str(base / "unused")]))
     return checkpoint, root
 
 

@@ -11,6 +11,7 @@ import yaml
 from lightning_bts.data import BrainTumorDataModule
 from lightning_bts.models import check_image_size
 from lightning_bts.training.cli import BTSCLI
+from lightning_bts.training.config import parse_config
 from lightning_bts.training.module import SegmentationModule
 from lightning_bts.training.train import train
 from tests.conftest import REPO
@@ -49,12 +50,14 @@ def test_best_configs_state_their_budget_split_and_devices():
 def test_best_cpu_ingredients_train_two_steps_on_the_sample(tmp_path):
     """A dry run: every ingredient of best_cpu.yaml at 32x32 on the shipped sample, two steps, one validation."""
     torch.manual_seed(0)
-    result = train(["--config", str(REPO / "configs" / "best_cpu.yaml"), "--data.root", str(REPO / "data" / "sample"),
-                    "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
-                    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-                    "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
-                    "--trainer.enable_progress_bar", "false", "--precision", "32-true",
-                    "--output_dir", str(tmp_path)])
+    config = parse_config(["--config", str(REPO / "configs" / "best_cpu.yaml"),
+                           "--data.root", str(REPO / "data" / "sample"),
+                           "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
+                           "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                           "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
+                           "--trainer.enable_progress_bar", "false", "--precision", "32-true",
+                           "--output_dir", str(tmp_path)])
+    result = train(config)
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2
     assert "current_model_state" in checkpoint  # EMA on: state_dict holds the averaged weights

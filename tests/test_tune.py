@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 ray = pytest.importorskip("ray")
+from pytorch_lightning import Callback as TrainingCallback  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 
 from lightning_bts.tune import (  # noqa: E402
-    FAIL_ONCE_ENV,
     Resources,
     SweepSettings,
     TuneSetupError,
@@ -76,6 +76,26 @@ def settings(tmp_path: Path, cache_dir: Path, **kwargs) -> SweepSettings:
 
 def trials(result) -> pd.DataFrame:
     return pd.read_csv(result.trials_csv)
+
+
+def crash_once(marker: Path) -> TrainingCallback:
+    """Fault injection: the first trial to finish a validation epoch raises once, after the callbacks before it
+    reported to Tune (and saved the checkpoint the retried trial resumes from); in a multi-worker trial rank 0
+    raises. Once across processes: the first to create ``marker`` raises. Passed to every trial's Trainer
+    (``SweepSettings.callbacks``); a class local to this function, so that it is pickled by value and the trial
+    processes need not import this test module."""
+
+    class CrashOnce(TrainingCallback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking or not trainer.is_global_zero:
+                return
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            raise RuntimeError(f"injected trial failure ({marker}); Tune should retry this trial")
+
+    return CrashOnce()
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -191,7 +211,7 @@ def test_cli_unreachable_cluster_fails_fast(tmp_path):
 @pytest.mark.slow
 def test_asha_sweep_retries_a_crash_and_its_best_config_retrains(ray_session, tmp_path, cache_dir):
     marker = tmp_path / "crashed_once"
-    result = run_sweep(settings(tmp_path, cache_dir, trial_env={FAIL_ONCE_ENV: str(marker)}, max_failures=2))
+    result = run_sweep(settings(tmp_path, cache_dir, callbacks=[crash_once(marker)], max_failures=2))
 
     assert marker.exists(), "the fault injection did not run"
     table = trials(result)
@@ -205,10 +225,11 @@ def test_asha_sweep_retries_a_crash_and_its_best_config_retrains(ray_session, tm
     trial_logs = list((result.experiment_dir).glob("*/lightning/train/*/metrics.csv"))
     assert len(trial_logs) >= 3, "each trial writes fit.py's logs into its trial folder"
 
+    from lightning_bts.training.config import parse_config
     from lightning_bts.training.train import train
 
-    retrained = train(["--config", str(result.best_config), "--trainer.max_epochs", "1",
-                       "--output_dir", str(tmp_path / "retrain")])
+    retrained = train(parse_config(["--config", str(result.best_config), "--trainer.max_epochs", "1",
+                                    "--output_dir", str(tmp_path / "retrain")]))
     assert "val/dice" in retrained.metrics
     saved = yaml.safe_load((retrained.log_dir / "config.yaml").read_text())
     for key, value in result.best_overrides.items():
@@ -286,7 +307,7 @@ def test_multi_worker_trials_train_data_parallel_and_resume_after_a_crash(ray_se
     """
     marker = tmp_path / "crashed_once"
     result = run_sweep(settings(tmp_path, cache_dir, num_samples=2, workers_per_trial=2, scheduler="fifo",
-                                resources=Resources(cpus=0.5), trial_env={FAIL_ONCE_ENV: str(marker)}))
+                                resources=Resources(cpus=0.5), callbacks=[crash_once(marker)]))
     assert marker.exists(), "the fault injection did not run"
     table = trials(result)
     assert result.complete and len(table) == 2 and set(table["status"]) == {"TERMINATED"}

@@ -39,7 +39,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from lightning_bts.training.train import train
-from lightning_bts.training.xla_check import CompileMonitor, xla_check_args
+from lightning_bts.training.xla_check import CompileMonitor, xla_check_config
 
 out, devices, epochs, extra = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 
@@ -55,8 +55,8 @@ class SavePredictions(Callback):
         trainer.save_checkpoint(out / "final.ckpt")  # through XLA's checkpoint I/O, all ranks take part
 
 
-args = xla_check_args(epochs, 32, devices, str(out), batch_size=8, extra=extra)
-result = train(args, callbacks=[CompileMonitor(out / "report.json"), SavePredictions()])
+config = xla_check_config(epochs, 32, devices, str(out), batch_size=8, extra=extra)
+result = train(config, callbacks=[CompileMonitor(out / "report.json"), SavePredictions()])
 (out / "result.json").write_text(json.dumps({"last": str(result.last_checkpoint), "metrics": result.metrics}))
 """
 

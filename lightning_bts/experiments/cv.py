@@ -1,10 +1,12 @@
 """k-fold cross-validation of several losses: the paper's focal-vs-BCE experiment, made leakage-free.
 
-Every (fold, loss) run is one call of :func:`lightning_bts.training.train.train` with the user's config and
-overrides plus ``--data.fold K --model.loss LOSS``. Each call re-parses the config, so ``seed_everything``
-re-seeds and the model is built afresh: every fold and every loss starts from the *same* initial weights
-(the notebook re-used one model across folds), and the split depends only on the data, ``data.seed`` and
-``data.num_folds``, so every loss sees the same folds. Comparisons are therefore paired.
+The user's training arguments are parsed once (:func:`lightning_bts.training.config.parse_config`, so a bad
+option fails before any run); every (fold, loss) run is one call of :func:`lightning_bts.training.train.train`
+on a copy of that configuration with ``data.fold = K`` and ``model.loss = LOSS``. Each call builds its run from
+the configuration afresh, so ``seed_everything`` re-seeds and the model is built anew: every fold and every loss
+starts from the *same* initial weights (the notebook re-used one model across folds), and the split depends only
+on the data, ``data.seed`` and ``data.num_folds``, so every loss sees the same folds. Comparisons are therefore
+paired.
 
 After each run the weights of its LAST epoch (what the paper reports, not the best epoch: picking the
 best on the validation fold would bias it upward; saved as ``final.ckpt``, see :class:`FinalCheckpoint`) are
@@ -49,11 +51,12 @@ from lightning_bts.evaluation import (
     write_files_atomically,
 )
 from lightning_bts.experiments.runs import CVError, collect, result_path, run_name
+from lightning_bts.training.config import Config, parse_config
 from lightning_bts.training.train import train
 
 DEFAULT_LOSSES = ("focal", "bce")
 VERSION = "cv"
-# Set by the runner for every run; passing them too would silently be overridden.
+# Set by the runner on every run's config; passing them too would silently be overridden.
 RESERVED = ("--data.fold", "--data.num_folds", "--model.loss", "--run_name", "--version", "--output_dir",
             "--ckpt_path")
 # What makes two invocations the same experiment (a re-run may add losses or folds, nothing else).
@@ -163,20 +166,29 @@ def _check_same_split(out_dir: Path, fold: int, val_keys: list[str], loss: str) 
                           "(data, data.seed or data.num_folds); use another --out")
 
 
-def run_one(out_dir: Path, train_args: list[str], loss: str, fold: int, num_folds: int, threshold: float,
+def run_config(config: Config, out_dir: Path, loss: str, fold: int, num_folds: int) -> Config:
+    """A copy of the experiment's ``config`` for one (fold, loss) run, in ``out_dir/runs/<loss>_fold<k>/cv``.
+
+    The preprocessing cache is ``out_dir/cache`` unless the user chose one.
+    """
+    run = config.clone()
+    run.data.cache_dir = run.data.cache_dir or str(out_dir / "cache")
+    run.data.num_folds, run.data.fold, run.model.loss = num_folds, fold, loss
+    run.run_name, run.version, run.output_dir = run_name(loss, fold), VERSION, str(out_dir / "runs")
+    return run
+
+
+def run_one(out_dir: Path, config: Config, loss: str, fold: int, num_folds: int, threshold: float,
             eval_precision: str, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train one (fold, loss) from fresh seeded weights, evaluate its last checkpoint, write its results."""
+    """Train one (fold, loss) from fresh seeded weights, evaluate its last checkpoint, write its results.
+
+    ``config`` is the experiment's (the user's training arguments, parsed); the run trains on a copy.
+    """
     name = run_name(loss, fold)
-    runs = out_dir / "runs"
-    shutil.rmtree(runs / name / VERSION, ignore_errors=True)  # an interrupted attempt: start it over
-    args = [*train_args]
-    if not any(arg.split("=", 1)[0] == "--data.cache_dir" for arg in args):
-        args += ["--data.cache_dir", str(out_dir / "cache")]
-    args += ["--data.num_folds", str(num_folds), "--data.fold", str(fold), "--model.loss", loss,
-             "--run_name", name, "--version", VERSION, "--output_dir", str(runs)]
+    shutil.rmtree(out_dir / "runs" / name / VERSION, ignore_errors=True)  # an interrupted attempt: start it over
     started = time.perf_counter()
     final = FinalCheckpoint()
-    result = train(args, callbacks=[*callbacks, final])
+    result = train(run_config(config, out_dir, loss, fold, num_folds), callbacks=[*callbacks, final])
     train_seconds = time.perf_counter() - started
     if final.path is None or not final.path.is_file():
         raise CVError(f"run {name} ended without writing its final checkpoint in {result.log_dir}")
@@ -222,6 +234,7 @@ def run_cv(
 
     Raises:
         CVError: reserved arguments given, ``out_dir`` holds another experiment, the split changed.
+        ConfigError: a training argument does not parse (an unknown key, a bad value).
     """
     train_args = [str(arg) for arg in train_args]
     _check_args(train_args)
@@ -233,6 +246,7 @@ def run_cv(
     bad = [fold for fold in folds if not 0 <= fold < num_folds]
     if bad:
         raise CVError(f"folds {bad} are out of range for {num_folds} folds (0..{num_folds - 1})")
+    config = parse_config(train_args)
     out_dir = Path(out_dir)
     _protocol(out_dir, train_args, losses, num_folds, threshold, eval_precision, command)
     records = []
@@ -244,7 +258,7 @@ def run_cv(
                 records.append({**json.loads(path.read_text()), "skipped": True})
                 continue
             print(f"[cv] {run_name(loss, fold)}: training", flush=True)
-            record = run_one(out_dir, train_args, loss, fold, num_folds, threshold, eval_precision, callbacks)
+            record = run_one(out_dir, config, loss, fold, num_folds, threshold, eval_precision, callbacks)
             metrics = record["metrics"]
             print(f"[cv] {run_name(loss, fold)}: dice {metrics['dice']:.4f}, hd95 {metrics['hd95']:.2f} "
                   f"({record['train_seconds']:.0f} s)", flush=True)

@@ -2,8 +2,9 @@
 
 Modules, imports going down this list (each may import the ones below it, and models, losses, metrics, data, xla):
 
-- ``train``            :func:`train`: parse the CLI arguments, fit, return a :class:`TrainResult` (fit, cv, tune)
 - ``xla_check``        :func:`run_xla_check`: a short training with a :class:`CompileMonitor` (``scripts/xla_check.py``)
+- ``train``            :func:`train`: fit a parsed config, return a :class:`TrainResult` (fit, cv, tune, benchmarks)
+- ``config``           :func:`parse_config`: fit.py's arguments -> a config object; check and dump one
 - ``cli``              :class:`BTSCLI`: the LightningCLI every training entry point shares; default callbacks
 - ``console``, ``preview``   the run header and quieter logs; validation previews in TensorBoard
 - ``checkpoints``      a trained model and its preprocessing from a checkpoint (what evaluation starts from)

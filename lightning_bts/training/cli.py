@@ -1,25 +1,30 @@
-"""The command line shared by every training entry point (LightningCLI with layered YAML configs).
+"""The configuration shared by every training entry point (LightningCLI with layered YAML configs).
 
-``fit.py``, cross-validation and Ray Tune all build their runs through :class:`BTSCLI`, so one config file
-means the same run everywhere. Shortcuts ``--accelerator``, ``--devices`` and ``--precision`` set the
-matching ``--trainer.*`` options; ``--ckpt_path`` resumes a run.
+``fit.py``, cross-validation and Ray Tune all parse their configuration with :class:`BTSCLI`'s parser
+(:mod:`lightning_bts.training.config`) and build their runs through it, so one config file means the same run
+everywhere. Shortcuts ``--accelerator``, ``--devices`` and ``--precision`` set the matching ``--trainer.*``
+options; ``--ckpt_path`` resumes a run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import time
+from argparse import ArgumentError
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_bts.data import BrainTumorDataModule
+from lightning_bts.errors import ConfigError
 from lightning_bts.training.console import RunHeader, quiet_lightning, tensorboard_without_tensorflow
 from lightning_bts.training.module import SegmentationModule
 from lightning_bts.training.preview import ValidationPreview
@@ -51,13 +56,16 @@ class BTSCLI(LightningCLI):
     """LightningCLI for :class:`SegmentationModule` and :class:`BrainTumorDataModule`, parsed but not run.
 
     Args:
-        args: command-line arguments (``None``: ``sys.argv``), e.g. ``["--config", "configs/paper_focal.yaml"]``.
+        args: a parsed configuration (:func:`lightning_bts.training.config.parse_config`, or its dict), checked
+            again here; or command-line arguments, e.g. ``["--config", "configs/paper_focal.yaml"]``
+            (``None``: ``sys.argv``). A bad key or value raises :class:`~lightning_bts.errors.ConfigError`.
         extra_callbacks: callbacks added to the Trainer (cross-validation and Ray Tune use this).
         trainer_overrides: Trainer arguments that win over the config, for callers that own how the run is
             launched (Ray Train's multi-worker trials set ``strategy`` and ``plugins``).
     """
 
-    def __init__(self, args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] = (),
+    def __init__(self, args: Namespace | Mapping[str, Any] | Sequence[str] | None = None,
+                 extra_callbacks: Sequence[Callback] = (),
                  trainer_overrides: Mapping[str, Any] | None = None) -> None:
         self.extra_callbacks = list(extra_callbacks)
         self.claimed_run_dir: Path | None = None  # the run folder this CLI created (see claim_run_dir)
@@ -70,12 +78,13 @@ class BTSCLI(LightningCLI):
         super().__init__(
             SegmentationModule,
             BrainTumorDataModule,
-            args=list(args) if args is not None else None,
+            args=args if args is None or isinstance(args, (Namespace, Mapping)) else list(args),
             run=False,
             seed_everything_default=42,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={
+                "exit_on_error": False,  # parse_arguments raises ConfigError; --help still prints and exits
                 "description": "Train the paper's U-Net on brain MRI. Defaults: a few minutes on the shipped "
                 "sample, on CPU.",
                 "epilog": "Example: python scripts/fit.py --config configs/paper_focal.yaml --accelerator gpu",
@@ -113,6 +122,21 @@ class BTSCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse (a list) or check (a config object) ``args``; a bad key or value raises :class:`ConfigError`.
+
+        Unlike LightningCLI's, no warning when ``sys.argv`` holds arguments too: ``train()`` is always given its
+        configuration explicitly, whatever command line the process was started with. A config object is copied
+        first (jsonargparse writes checked values into the object it is given), so the caller's stays as it was.
+        """
+        try:
+            if isinstance(args, (Namespace, Mapping)):
+                self.config = parser.parse_object(copy.deepcopy(args))
+            else:
+                self.config = parser.parse_args(args)
+        except ArgumentError as error:
+            raise config_error(error) from None
+
     def before_instantiate_classes(self) -> None:
         config = self.config
         for name in SHORTCUTS:
@@ -138,6 +162,11 @@ class BTSCLI(LightningCLI):
         kwargs.update(xla_kwargs)
         kwargs.update(self.trainer_overrides)
         self.extra_callbacks += xla_callbacks + [RunHeader(), WallClock(), ValidationPreview(config.preview_slices)]
+        # The Trainer's callbacks: the config's, then the defaults it does not replace, then the callers'.
+        # (LightningCLI appends its SaveConfigCallback to this list.)
+        trainer = {**self.config_init.trainer, **kwargs}  # what LightningCLI builds the Trainer from
+        configured = _as_list(trainer.get("callbacks"))
+        kwargs["callbacks"] = [*configured, *default_callbacks(trainer, configured), *self.extra_callbacks]
         # One example image lets the model summary count FLOPs (its column reads 0 without one).
         data = config.data
         self.model.example_input_array = torch.zeros(1, data.in_channels, data.image_size, data.image_size)
@@ -151,12 +180,9 @@ class BTSCLI(LightningCLI):
             with contextlib.suppress(OSError):  # not empty: another run, or files of this one, live there
                 folder.rmdir()
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
-        if config.get("enable_checkpointing") is not False and not _has(config.get("callbacks"), ModelCheckpoint):
-            callbacks.extend(default_checkpoints())
-        if config.get("logger") is not False and not _has(config.get("callbacks"), LearningRateMonitor):
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
-        return super()._instantiate_trainer(config, callbacks + self.extra_callbacks)
+def config_error(error: ArgumentError) -> ConfigError:
+    """jsonargparse's message (it names the key) on one line, as ``errors.run_main`` prints it."""
+    return ConfigError("bad training option: " + " ".join(str(error).split()))
 
 
 def claim_run_dir(parent: Path, version: str) -> Path:
@@ -176,6 +202,17 @@ def claim_run_dir(parent: Path, version: str) -> Path:
     raise AssertionError("unreachable")
 
 
+def default_callbacks(trainer: Mapping[str, Any], configured: Sequence[Callback]) -> list[Callback]:
+    """The checkpoints of :func:`default_checkpoints` and a learning-rate monitor, each unless the Trainer's
+    settings turn it off (``enable_checkpointing``, ``logger``) or the config brings its own."""
+    callbacks: list[Callback] = []
+    if trainer.get("enable_checkpointing") is not False and not _has(configured, ModelCheckpoint):
+        callbacks.extend(default_checkpoints())
+    if trainer.get("logger") is not False and not _has(configured, LearningRateMonitor):
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks
+
+
 def default_checkpoints() -> list[ModelCheckpoint]:
     """``last.ckpt`` every epoch (what cross-validation reports) and the best epoch by validation Dice.
 
@@ -188,8 +225,11 @@ def default_checkpoints() -> list[ModelCheckpoint]:
     return [last, best]
 
 
-def _has(callbacks: Any, kind: type) -> bool:
+def _as_list(callbacks: Any) -> list[Callback]:
     if callbacks is None:
-        return False
-    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        return []
+    return list(callbacks) if isinstance(callbacks, list) else [callbacks]
+
+
+def _has(callbacks: Sequence[Callback], kind: type) -> bool:
     return any(isinstance(cb, kind) for cb in callbacks)

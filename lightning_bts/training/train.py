@@ -1,4 +1,5 @@
-"""``train(args) -> TrainResult``: the one training function behind fit.py, cross-validation and Ray Tune."""
+"""``train(config) -> TrainResult``: the one training function behind fit.py, cross-validation, Ray Tune, the XLA
+check and the benchmarks. ``config`` is a parsed configuration (:mod:`lightning_bts.training.config`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from lightning_bts.training.cli import BTSCLI, MONITOR
+from lightning_bts.training.config import Config
 from lightning_bts.training.preview import ValidationPreview
 
 
@@ -24,14 +26,23 @@ class TrainResult:
     preview: Path | None = None  # validation_preview.png (lightning_bts.training.preview), if one was drawn
 
 
-def train(args: Sequence[str] | None = None, callbacks: Sequence[Callback] = (),
+def train(config: Config | Mapping[str, Any], callbacks: Sequence[Callback] = (),
           trainer_overrides: Mapping[str, Any] | None = None) -> TrainResult:
-    """Parse ``args`` like ``scripts/fit.py`` does, train, and return the final validation metrics.
+    """Train on ``config`` and return the final validation metrics.
 
-    The dataset is read and validated before the Trainer writes anything, so bad input leaves no run folder.
-    ``trainer_overrides`` are Trainer arguments that win over the config (see :class:`BTSCLI`).
+    ``config`` is what :func:`~lightning_bts.training.config.parse_config` returns (or its ``as_dict()``), changed
+    at will; it is checked again here and not modified. The dataset is read and validated before the Trainer
+    writes anything, so bad input leaves no run folder. ``trainer_overrides`` are Trainer arguments that win over
+    the config (see :class:`BTSCLI`).
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type in ``config``, named in the message.
+        TypeError: ``config`` is a list of arguments (parse it first: ``train(parse_config(args))``).
     """
-    cli = BTSCLI(args=args, extra_callbacks=callbacks, trainer_overrides=trainer_overrides)
+    if not isinstance(config, (Config, Mapping)):
+        raise TypeError(f"train() takes a parsed configuration, got {type(config).__name__}; for command-line "
+                        "arguments use train(parse_config(args)) (lightning_bts.training.config)")
+    cli = BTSCLI(args=config, extra_callbacks=callbacks, trainer_overrides=trainer_overrides)
     try:
         cli.datamodule.load()
     except Exception:

@@ -141,26 +141,30 @@ class CompileMonitor(Callback):
         self._close_epoch(trainer)
 
 
-def xla_check_args(epochs: int, image_size: int, devices: str, output_dir: str, batch_size: int,
-                   extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """CLI arguments of the XLA check: a short fit of the default model on the sample, on ``--accelerator xla``."""
-    return [
-        "--accelerator", XLA_NAME, "--devices", devices, "--precision", "32-true",
-        "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
-        "--trainer.log_every_n_steps", "1",
-        "--data.image_size", str(image_size), "--data.batch_size", str(batch_size), "--data.num_workers", "0",
-        "--model.hausdorff", "false",
-        "--output_dir", output_dir, "--run_name", "xla_check", "--version", "0",
-        *extra,
-    ]
+def xla_check_config(epochs: int, image_size: int, devices: str | int, output_dir: str, batch_size: int,
+                     extra: list[str] | tuple[str, ...] = ()) -> Any:
+    """The XLA check's training configuration: a short fit of the default model on the sample, on the ``xla``
+    accelerator. ``extra`` (fit.py arguments, e.g. ``--data.root``) apply on top and win.
+    """
+    from lightning_bts.training.config import parse_config
+
+    config = parse_config([])
+    config.accelerator, config.precision = XLA_NAME, "32-true"
+    config.devices = int(devices) if str(devices).isdigit() else devices  # as --devices parses "1"
+    config.trainer.max_epochs, config.trainer.log_every_n_steps = epochs, 1
+    config.trainer.enable_progress_bar = False
+    config.data.image_size, config.data.batch_size, config.data.num_workers = image_size, batch_size, 0
+    config.model.hausdorff = False
+    config.output_dir, config.run_name, config.version = output_dir, "xla_check", "0"
+    return parse_config(extra, base=config)
 
 
-def run_xla_check(args: list[str], report_path: Path) -> tuple[CompileReport, Any]:
-    """Trains with ``args`` (``train`` CLI arguments) and a :class:`CompileMonitor`; returns its report and the
+def run_xla_check(config: Any, report_path: Path) -> tuple[CompileReport, Any]:
+    """Trains on ``config`` (:func:`xla_check_config`) with a :class:`CompileMonitor`; returns its report and the
     :class:`~lightning_bts.training.train.TrainResult`. Without ``PJRT_DEVICE`` torch_xla picks TPU if attached,
     else CPU.
     """
     from lightning_bts.training.train import train
 
-    result = train(args, callbacks=[CompileMonitor(report_path)])
+    result = train(config, callbacks=[CompileMonitor(report_path)])
     return CompileReport.from_json(report_path), result

@@ -7,7 +7,7 @@ Modules, imports going down this list:
 - ``ddp``         multi-worker trials: one Ray Train run of N DDP workers per trial
 - ``trial``       the Tune trainable: one fit.py run (or one per fold), reporting ``val_dice``, resuming
 - ``cluster``     connecting to Ray; the accelerator and resources of a trial, checked against the nodes
-- ``trial_args``  a trial's fit.py arguments, parsed once by the CLI fit.py uses
+- ``trial_args``  a trial's training configuration, parsed once by fit.py's parser, with its sampled values
 - ``settings``    :class:`SweepSettings`, :class:`Resources`, :class:`SweepResult`
 - ``space``       the tunable options and the search-space YAML
 
@@ -19,8 +19,7 @@ from lightning_bts.tune.cluster import accelerator_for, check_resources, check_w
 from lightning_bts.tune.settings import Resources, SweepResult, SweepSettings
 from lightning_bts.tune.space import TUNABLE, TuneSetupError, load_space, validate_space
 from lightning_bts.tune.sweep import run_sweep
-from lightning_bts.tune.trial import FAIL_ONCE_ENV
 
-__all__ = ["FAIL_ONCE_ENV", "TUNABLE", "Resources", "SweepResult", "SweepSettings", "TuneSetupError",
+__all__ = ["TUNABLE", "Resources", "SweepResult", "SweepSettings", "TuneSetupError",
            "accelerator_for", "check_resources", "check_workers", "connect", "load_space", "run_sweep",
            "validate_space"]

@@ -18,16 +18,18 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from pytorch_lightning import Callback, LightningModule, Trainer
 
+from lightning_bts.training.config import Config
 from lightning_bts.tune.settings import Resources
 from lightning_bts.tune.space import METRIC, MODE
-from lightning_bts.tune.trial import CHECKPOINT_FILE, _fail_once_if_asked, _train_folds
-from lightning_bts.tune.trial_args import override_args
+from lightning_bts.tune.trial import CHECKPOINT_FILE, _train_folds
+from lightning_bts.tune.trial_args import with_overrides
 
 RUNS_DIR = "ray_train"  # per trial: Ray Train's storage
 # The Tune trial only waits on its Ray Train run, so it reserves memory, not a CPU (Ray's default of 1 CPU
@@ -38,9 +40,6 @@ DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
 class RayTrainReport(Callback):
     """After every validation epoch, each worker calls ``ray.train.report`` (a collective) with Tune's metric
     names; rank 0 attaches the checkpoint. ``val/dice`` is the same on every rank: torchmetrics syncs on compute.
-
-    With ``BTS_TUNE_FAIL_ONCE`` set (tests), rank 0 raises once after the first report, so the retried trial
-    has a checkpoint to resume from.
     """
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -55,28 +54,29 @@ class RayTrainReport(Callback):
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)  # every rank calls it; rank 0 writes
             checkpoint = ray.train.Checkpoint.from_directory(folder) if trainer.is_global_zero else None
             ray.train.report(metrics, checkpoint=checkpoint)
-        if trainer.is_global_zero:
-            _fail_once_if_asked()
 
 
-def fit_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: fit.py's training with Ray's DDP strategy, resumed from Ray Train's latest checkpoint."""
+def fit_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: fit.py's training of ``loop_config["config"]`` with Ray's DDP strategy, resumed from
+    Ray Train's latest checkpoint; ``loop_config["callbacks"]`` are added to its Trainer after the report."""
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
 
     from lightning_bts.training.train import train
 
-    os.environ.update(config["env"])
+    os.environ.update(loop_config["env"])
     overrides = {"strategy": RayDDPStrategy(), "plugins": [RayLightningEnvironment()], "devices": "auto"}
+    config = loop_config["config"].clone()
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else nullcontext() as folder:
-        resume = ["--ckpt_path", str(Path(folder) / CHECKPOINT_FILE)] if folder else []
-        train(config["args"] + resume, callbacks=[RayTrainReport()], trainer_overrides=overrides)
+        if folder:
+            config.ckpt_path = str(Path(folder) / CHECKPOINT_FILE)
+        train(config, callbacks=[RayTrainReport(), *loop_config["callbacks"]], trainer_overrides=overrides)
 
 
-def fit_workers(args: list[str], storage: Path, name: str, workers: int, resources: Resources,
-                env: dict[str, str], report_to_tune: bool) -> Any:
-    """One data-parallel fit.py run on ``workers`` Ray Train workers; returns Ray Train's ``Result``.
+def fit_workers(config: Config, storage: Path, name: str, workers: int, resources: Resources,
+                env: dict[str, str], report_to_tune: bool, callbacks: Sequence[Callback] = ()) -> Any:
+    """One data-parallel fit.py run of ``config`` on ``workers`` Ray Train workers; returns Ray Train's ``Result``.
 
     Keeps the best checkpoint by ``val_dice`` (and Ray Train always keeps the latest, to resume from).
     """
@@ -84,10 +84,11 @@ def fit_workers(args: list[str], storage: Path, name: str, workers: int, resourc
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    version = ["--version", time.strftime("%Y%m%d-%H%M%S")]  # one log folder for all ranks
+    config = config.clone()
+    config.version = time.strftime("%Y%m%d-%H%M%S")  # one log folder for all ranks
     trainer = TorchTrainer(
         fit_worker,
-        train_loop_config={"args": args + version, "env": env},
+        train_loop_config={"config": config, "env": env, "callbacks": list(callbacks)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=resources.gpus > 0,
                                      resources_per_worker=resources.bundle()),
         run_config=RunConfig(name=name, storage_path=str(storage),
@@ -98,25 +99,28 @@ def fit_workers(args: list[str], storage: Path, name: str, workers: int, resourc
     return trainer.fit()
 
 
-def run_ddp_trial(config: dict[str, Any], base_args: list[str], folds: list[int] | None, env: dict[str, str],
-                  experiment_dir: str, workers: int, resources: Resources) -> None:
+def run_ddp_trial(overrides: dict[str, Any], base_config: Config, folds: list[int] | None, env: dict[str, str],
+                  experiment_dir: str, workers: int, resources: Resources, callbacks: Sequence[Callback] = ()) -> None:
     """The Tune trainable for multi-worker trials: one Ray Train run (or one per fold, reporting the running
-    mean of the folds' Dice, as :func:`lightning_bts.tune.sweep.run_trial` does)."""
+    mean of the folds' Dice, as :func:`lightning_bts.tune.trial.run_trial` does)."""
     from ray import tune
 
     trial_dir = Path(experiment_dir) / Path(tune.get_context().get_trial_dir()).name
-    args = base_args + override_args(config) + ["--output_dir", str(trial_dir / "lightning")]
+    config = with_overrides(base_config, overrides)
+    config.output_dir = str(trial_dir / "lightning")
     storage = trial_dir / RUNS_DIR
     if folds is None:
-        fit_workers(args + ["--run_name", "train"], storage, "train", workers, resources, env, report_to_tune=True)
+        config.run_name = "train"
+        fit_workers(config, storage, "train", workers, resources, env, report_to_tune=True, callbacks=callbacks)
         return
 
-    def fit_fold(fold_args: list[str], fold: int) -> tuple[float, Path | None]:
-        result = fit_workers(fold_args, storage, f"fold{fold}", workers, resources, env, report_to_tune=False)
+    def fit_fold(fold_config: Config, fold: int) -> tuple[float, Path | None]:
+        result = fit_workers(fold_config, storage, f"fold{fold}", workers, resources, env, report_to_tune=False,
+                             callbacks=callbacks)
         last = Path(result.checkpoint.path) / CHECKPOINT_FILE if result.checkpoint is not None else None
         return float(result.metrics[METRIC]), last
 
-    _train_folds(args, folds, tune.get_checkpoint(), fit_fold)
+    _train_folds(config, folds, tune.get_checkpoint(), fit_fold)
 
 
 def best_checkpoint(trial_dir: Path) -> Any:

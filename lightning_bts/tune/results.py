@@ -4,28 +4,30 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from lightning_bts.evaluation.outputs import write_files_atomically
+from lightning_bts.training.config import parse_config
 from lightning_bts.tune.settings import SweepResult
 from lightning_bts.tune.space import METRIC, MODE
-from lightning_bts.tune.trial_args import TrainArgs, override_args
+from lightning_bts.tune.trial_args import TrainConfig
 
 # ------------------------------------------------------------------------------------------------- results
 
 
-def write_results(grid: Any, experiment_dir: Path, parsed: TrainArgs, base_args: list[str], keys: list[str],
-                  num_samples: int, cv: bool = False, ddp: bool = False) -> SweepResult:
+def write_results(grid: Any, experiment_dir: Path, parsed: TrainConfig, keys: list[str], num_samples: int,
+                  cv: bool = False, ddp: bool = False) -> SweepResult:
     """All trials as CSV and Markdown, the best trial as a fit.py config, and its best checkpoint copied
     (with ``cv`` its last, which holds every fold; for multi-worker trials (``ddp``) the best of its Ray Train run).
 
     ``complete`` is False when a trial did not finish or fewer than ``num_samples`` trials exist yet (an
     interrupted sweep, which ``resume`` continues).
     """
-    trials = {Path(trial.path).name: trial for trial in grid._experiment_analysis.trials}
+    trials = _trials(grid)
     rows = []
     for result in grid:
         metrics = result.metrics or {}
@@ -41,8 +43,8 @@ def write_results(grid: Any, experiment_dir: Path, parsed: TrainArgs, base_args:
     rows.sort(key=lambda r: -r[METRIC] if isinstance(r[METRIC], float) and not math.isnan(r[METRIC]) else math.inf)
     columns = ["trial", "status", METRIC, "iterations", "failures", *keys, "error"]
     trials_csv, trials_md = experiment_dir / "trials.csv", experiment_dir / "trials.md"
-    _write_atomic(trials_csv, _csv(rows, [*columns, "path"]))
-    _write_atomic(trials_md, _markdown(rows, columns))
+    write_files_atomically(experiment_dir, {trials_csv.name: _csv(rows, [*columns, "path"]),
+                                            trials_md.name: _markdown(rows, columns)})
     complete = len(rows) >= num_samples and all(r["status"] == "TERMINATED" for r in rows)
 
     best_config = best_checkpoint = None
@@ -57,8 +59,8 @@ def write_results(grid: Any, experiment_dir: Path, parsed: TrainArgs, base_args:
         header = (f"# Best trial of the sweep in {experiment_dir} ({METRIC} {best_metrics.get(METRIC):.4f}, "
                   f"trial {best_metrics.get('trial_id')}).\n"
                   f"# Retrain: python scripts/fit.py --config {best_config}\n")
-        _write_atomic(best_config, header + parsed.dump(base_args + override_args(best_overrides)))
-        parsed.parse(["--config", str(best_config)])  # what fit.py --config will read
+        write_files_atomically(experiment_dir, {best_config.name: header + parsed.dump(best_overrides)})
+        parse_config(["--config", str(best_config)], parser=parsed.parser)  # what fit.py --config will read
         if cv:
             checkpoint = best.checkpoint
         elif ddp:
@@ -78,10 +80,15 @@ def write_results(grid: Any, experiment_dir: Path, parsed: TrainArgs, base_args:
                        best_overrides, complete)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text)
-    staging.replace(path)
+def _trials(grid: Any) -> dict[str, Any]:
+    """Tune's trials by folder name, for their status and failure count.
+
+    Private Ray API, on purpose: Ray 2.60's public ``Result`` (``ray/tune/result_grid.py``) has the metrics, the
+    error and the path of a trial but not its status (an unfinished trial has no error either) nor how often it
+    failed, and ``ResultGrid.get_dataframe()`` has only the reported metrics; ``ResultGrid.num_errors`` and
+    ``num_terminated`` read these same ``Trial`` objects.
+    """
+    return {Path(trial.path).name: trial for trial in grid._experiment_analysis.trials}
 
 
 def _format(value: Any) -> str:
@@ -93,12 +100,11 @@ def _format(value: Any) -> str:
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    with tempfile.SpooledTemporaryFile(mode="w+", newline="") as buffer:
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({c: ("" if row.get(c) is None else row.get(c)) for c in columns} for row in rows)
-        buffer.seek(0)
-        return buffer.read()
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows({c: ("" if row.get(c) is None else row.get(c)) for c in columns} for row in rows)
+    return buffer.getvalue()
 
 
 def _markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -45,6 +45,7 @@ class SweepSettings:
     resume: bool = False
     seed: int = 42
     trial_env: Mapping[str, str] = field(default_factory=dict)
+    callbacks: Sequence[Any] = ()  # Lightning callbacks added to every trial's Trainer (pickled to the trials)
     address: str | None = None  # join this cluster; None: the connected Ray, else a new local one
     num_cpus: int | None = None  # CPUs of a new local Ray (None: all)
     connect_timeout_s: float = 10.0

@@ -1,11 +1,11 @@
 """Ray Tune sweeps over the Lightning trainer, on a local Ray or an existing Ray cluster.
 
-A trial is exactly a ``scripts/fit.py`` run: it calls :func:`lightning_bts.training.train.train` with the sweep's
-``--config`` files, the forwarded fit.py options and the sampled overrides (``--model.lr 0.0004`` ...), plus a
-callback that reports ``val/dice`` to Tune after every validation epoch. With ``cv=True`` a trial trains the
-folds one after another and reports the running mean after each fold (ASHA then stops bad trials after a fold).
-With ``workers_per_trial > 1`` a trial is instead a Ray Train run of that many DDP workers
-(:mod:`lightning_bts.tune.ddp`).
+A trial is exactly a ``scripts/fit.py`` run: it calls :func:`lightning_bts.training.train.train` on the
+configuration of the sweep's ``--config`` files and forwarded fit.py options (parsed once, here) with the sampled
+values set (``config.model.lr = 0.0004`` ...), plus a callback that reports ``val/dice`` to Tune after every
+validation epoch. With ``cv=True`` a trial trains the folds one after another and reports the running mean after
+each fold (ASHA then stops bad trials after a fold). With ``workers_per_trial > 1`` a trial is instead a Ray Train
+run of that many DDP workers (:mod:`lightning_bts.tune.ddp`).
 
 Tune names the metric ``val_dice``: a ``/`` in a result key would be read as nesting by Tune's result tables.
 
@@ -32,10 +32,10 @@ from lightning_bts.tune.cluster import (
     trial_env,
 )
 from lightning_bts.tune.results import write_results
-from lightning_bts.tune.settings import Resources, SweepResult, SweepSettings
+from lightning_bts.tune.settings import SweepResult, SweepSettings
 from lightning_bts.tune.space import METRIC, MODE, TuneSetupError, tune_space, validate_space
 from lightning_bts.tune.trial import run_trial
-from lightning_bts.tune.trial_args import base_train_args, override_args
+from lightning_bts.tune.trial_args import TrainConfig, base_train_config
 
 # ------------------------------------------------------------------------------------------------- a sweep
 
@@ -56,7 +56,7 @@ def run_sweep(settings: SweepSettings, tune_callbacks: Sequence[Any] = ()) -> Sw
                              f"{settings.scheduler!r}")
     accelerator = accelerator_for(settings.resources, settings.accelerator)
     check_workers(settings.workers_per_trial, accelerator)
-    base_args, parsed = base_train_args(SweepSettings(**{**settings.__dict__, "accelerator": accelerator}))
+    parsed = base_train_config(SweepSettings(**{**settings.__dict__, "accelerator": accelerator}))
     config = parsed.config
     configured = config.get("accelerator") or config.trainer.get("accelerator")
     if isinstance(configured, str):  # e.g. trainer.accelerator: gpu in a config needs --gpus-per-trial too
@@ -65,9 +65,9 @@ def run_sweep(settings: SweepSettings, tune_callbacks: Sequence[Any] = ()) -> Sw
     root = Path(config.data.root).expanduser().resolve()
     experiment_dir = Path(settings.output_dir).expanduser().resolve() / settings.name
     folds = list(range(config.data.num_folds)) if settings.cv else None
-    for key, entry in space.items():  # each sampled value must also parse as a fit.py option
+    for key, entry in space.items():  # each sampled value must also pass fit.py's checks
         for value in next(iter(entry.values())):
-            parsed.parse(base_args + override_args({key: value}))
+            parsed.check({key: value})
 
     local = not settings.address and not _ray_is_connected()
     if local:
@@ -77,7 +77,7 @@ def run_sweep(settings: SweepSettings, tune_callbacks: Sequence[Any] = ()) -> Sw
         _check_root(root)
     check_resources(settings.resources, settings.workers_per_trial)
     env = trial_env(settings.resources, accelerator, settings.trial_env)
-    trainable = _trainable(base_args, folds, env, settings.resources, settings.workers_per_trial, experiment_dir)
+    trainable = _trainable(parsed, folds, env, settings, experiment_dir)
 
     from ray import tune
 
@@ -103,7 +103,7 @@ def run_sweep(settings: SweepSettings, tune_callbacks: Sequence[Any] = ()) -> Sw
             ),
         )
     grid = tuner.fit()
-    return write_results(grid, experiment_dir, parsed, base_args, list(space), settings.num_samples, cv=bool(folds),
+    return write_results(grid, experiment_dir, parsed, list(space), settings.num_samples, cv=bool(folds),
                          ddp=settings.workers_per_trial > 1)
 
 
@@ -123,19 +123,21 @@ def _check_root(root: Path) -> None:
                              "directory, as fit.py does)")
 
 
-def _trainable(base_args: list[str], folds: list[int] | None, env: dict[str, str], resources: Resources,
-               workers: int, experiment_dir: Path) -> Any:
+def _trainable(parsed: TrainConfig, folds: list[int] | None, env: dict[str, str], settings: SweepSettings,
+               experiment_dir: Path) -> Any:
+    """The trial function with everything but the sampled values bound (pickled to the trial processes)."""
     from ray import tune
 
-    if workers > 1:
+    shared = {"base_config": parsed.config, "folds": folds, "env": env, "experiment_dir": str(experiment_dir),
+              "callbacks": list(settings.callbacks)}
+    if settings.workers_per_trial > 1:
         from lightning_bts.tune.ddp import DRIVER_RESOURCES, run_ddp_trial
 
-        trainable = tune.with_parameters(run_ddp_trial, base_args=base_args, folds=folds, env=env,
-                                         experiment_dir=str(experiment_dir), workers=workers, resources=resources)
+        trainable = tune.with_parameters(run_ddp_trial, workers=settings.workers_per_trial,
+                                         resources=settings.resources, **shared)
         return tune.with_resources(trainable, DRIVER_RESOURCES)
-    trainable = tune.with_parameters(run_trial, base_args=base_args, folds=folds, env=env,
-                                     experiment_dir=str(experiment_dir))
-    return tune.with_resources(trainable, tune.PlacementGroupFactory([resources.bundle()]))
+    trainable = tune.with_parameters(run_trial, **shared)
+    return tune.with_resources(trainable, tune.PlacementGroupFactory([settings.resources.bundle()]))
 
 
 def _max_concurrent(settings: SweepSettings) -> int | None:

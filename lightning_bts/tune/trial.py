@@ -9,29 +9,32 @@ import os
 import shutil
 import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytorch_lightning.callbacks import Callback
+
+from lightning_bts.training.config import Config
 from lightning_bts.tune.cluster import _register_xla
 from lightning_bts.tune.space import METRIC
-from lightning_bts.tune.trial_args import override_args
+from lightning_bts.tune.trial_args import with_overrides
 
 CHECKPOINT_FILE = "checkpoint.ckpt"
-FAIL_ONCE_ENV = "BTS_TUNE_FAIL_ONCE"  # fault injection for tests: the first trial to see it raises once
 
 
 # ------------------------------------------------------------------------------------------------- a trial
 
 
-def run_trial(config: dict[str, Any], base_args: list[str], folds: list[int] | None, env: dict[str, str],
-              experiment_dir: str) -> None:
-    """The Tune trainable: one fit.py run (or one run per fold), reporting ``val_dice`` to Tune.
+def run_trial(overrides: dict[str, Any], base_config: Config, folds: list[int] | None, env: dict[str, str],
+              experiment_dir: str, callbacks: Sequence[Callback] = ()) -> None:
+    """The Tune trainable: one fit.py run (or one run per fold) on ``base_config`` with the sampled ``overrides``,
+    reporting ``val_dice`` to Tune. ``callbacks`` are added to every training's Trainer.
 
-    Lightning's logs and checkpoints go to ``EXPERIMENT_DIR/TRIAL/lightning/`` (``--output_dir``), beside Tune's
+    Lightning's logs and checkpoints go to ``EXPERIMENT_DIR/TRIAL/lightning/`` (``output_dir``), beside Tune's
     files for the trial, as a fit.py run would write them.
 
-    A retried trial resumes from its last Tune checkpoint: mid-training with ``--ckpt_path`` for one fold,
+    A retried trial resumes from its last Tune checkpoint: mid-training with ``ckpt_path`` for one fold,
     after the last finished fold for cross-validation.
     """
     from ray import tune
@@ -39,52 +42,46 @@ def run_trial(config: dict[str, Any], base_args: list[str], folds: list[int] | N
     os.environ.update(env)
     if env.get("PJRT_DEVICE"):
         _register_xla()
-    _fail_once_if_asked()
     trial_dir = Path(experiment_dir) / Path(tune.get_context().get_trial_dir()).name
-    args = base_args + override_args(config) + ["--output_dir", str(trial_dir / "lightning")]
+    config = with_overrides(base_config, overrides)
+    config.output_dir = str(trial_dir / "lightning")
     checkpoint = tune.get_checkpoint()
     if folds is None:
-        _train_one(args, checkpoint)
+        _train_one(config, checkpoint, callbacks)
     else:
-        _train_folds(args, folds, checkpoint)
+        _train_folds(config, folds, checkpoint, _fit_fold_here(callbacks))
 
 
-def _fail_once_if_asked() -> None:
-    marker = os.environ.get(FAIL_ONCE_ENV)
-    if not marker:
-        return
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    raise RuntimeError(f"injected trial failure ({FAIL_ONCE_ENV}={marker}); Tune should retry this trial")
-
-
-def _train_one(args: list[str], checkpoint: Any) -> None:
+def _train_one(config: Config, checkpoint: Any, callbacks: Sequence[Callback]) -> None:
     from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
     from lightning_bts.training.train import train
 
     report = TuneReportCheckpointCallback(metrics={METRIC: "val/dice", "val_loss": "val/loss"},
                                           filename=CHECKPOINT_FILE, on="validation_end")
+    config.run_name = "train"
     if checkpoint is None:
-        train(args + ["--run_name", "train"], callbacks=[report])
+        train(config, callbacks=[report, *callbacks])
         return
     with checkpoint.as_directory() as folder:
-        train(args + ["--run_name", "train", "--ckpt_path", str(Path(folder) / CHECKPOINT_FILE)], callbacks=[report])
+        config.ckpt_path = str(Path(folder) / CHECKPOINT_FILE)
+        train(config, callbacks=[report, *callbacks])
 
 
-FoldFit = Callable[[list[str], int], tuple[float, Path | None]]  # (fold args, fold) -> (val/dice, last checkpoint)
+FoldFit = Callable[[Config, int], tuple[float, Path | None]]  # (fold config, fold) -> (val/dice, last checkpoint)
 
 
-def _fit_fold_here(args: list[str], fold: int) -> tuple[float, Path | None]:
-    from lightning_bts.training.train import train
+def _fit_fold_here(callbacks: Sequence[Callback]) -> FoldFit:
+    def fit_fold(config: Config, fold: int) -> tuple[float, Path | None]:
+        from lightning_bts.training.train import train
 
-    result = train(args)
-    return result.metrics["val/dice"], result.last_checkpoint
+        result = train(config, callbacks=callbacks)
+        return result.metrics["val/dice"], result.last_checkpoint
+
+    return fit_fold
 
 
-def _train_folds(args: list[str], folds: list[int], checkpoint: Any, fit_fold: FoldFit = _fit_fold_here) -> None:
+def _train_folds(config: Config, folds: list[int], checkpoint: Any, fit_fold: FoldFit) -> None:
     """Train the folds not yet in ``checkpoint``, reporting the running mean of their Dice after each one."""
     from ray import tune
 
@@ -97,7 +94,9 @@ def _train_folds(args: list[str], folds: list[int], checkpoint: Any, fit_fold: F
         for fold in folds:
             if str(fold) in scores:
                 continue
-            score, last_checkpoint = fit_fold(args + ["--data.fold", str(fold), "--run_name", f"fold{fold}"], fold)
+            fold_config = config.clone()
+            fold_config.data.fold, fold_config.run_name = fold, f"fold{fold}"
+            score, last_checkpoint = fit_fold(fold_config, fold)
             scores[str(fold)] = score
             if last_checkpoint is not None:
                 shutil.copy2(last_checkpoint, state / f"fold{fold}.ckpt")

@@ -1,71 +1,51 @@
-"""A trial's fit.py arguments: the sweep's ``--config`` files and forwarded options, parsed once by the same
-LightningCLI fit.py uses (bad options fail before any trial starts), plus the sampled overrides.
+"""A trial's training configuration: the sweep's ``--config`` files and forwarded fit.py options, parsed once on the
+driver by fit.py's parser (bad options fail before any trial starts), with the sampled values set on a copy.
 """
 
 from __future__ import annotations
 
-import warnings
-from argparse import ArgumentError
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning_bts.training.cli import BTSCLI
+from lightning_bts.errors import ConfigError
+from lightning_bts.training.config import Config, check_config, config_parser, dump_config, parse_config
 from lightning_bts.tune.settings import SweepSettings
 from lightning_bts.tune.space import TuneSetupError
 
 
-def override_args(overrides: Mapping[str, Any]) -> list[str]:
-    """Sampled values as fit.py options: ``{"model.lr": 0.001}`` -> ``["--model.lr=0.001"]``."""
-    args = []
+def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """A copy of ``config`` with the sampled values set: ``{"model.lr": 0.001}`` sets ``config.model.lr``."""
+    changed = config.clone()
     for key, value in overrides.items():
-        text = "null" if value is None else str(value.item() if hasattr(value, "item") else value)
-        args.append(f"--{key}={text}")
-    return args
+        changed[key] = value.item() if hasattr(value, "item") else value  # numpy scalars as Python numbers
+    return changed
 
 
-# ------------------------------------------------------------------------------------------- fit.py options
+class TrainConfig:
+    """The sweep's base configuration and the parser that checks and dumps it (built once, on the driver)."""
 
-
-class _ParseOnlyCLI(BTSCLI):
-    """BTSCLI that parses its arguments and stops: no model, data or Trainer is built."""
-
-    def _set_seed(self) -> None:
-        pass
-
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
-class TrainArgs:
-    """Parses fit.py arguments on the driver, so errors show before trials start and paths can be resolved."""
-
-    def __init__(self, args: Sequence[str]) -> None:
+    def __init__(self, args: list[str]) -> None:
+        self.parser = config_parser()
         try:
-            with warnings.catch_warnings():  # "args and sys.argv both given": sys.argv is the sweep's own
-                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-                self._cli = _ParseOnlyCLI(list(args))
-        except SystemExit as error:  # jsonargparse printed the reason above
-            raise TuneSetupError(f"fit.py options do not parse: {' '.join(args)}") from error
-        self._cli.parser.exit_on_error = False
-        self.config = self._cli.config
+            self.config = parse_config(args, parser=self.parser)
+        except ConfigError as error:
+            raise TuneSetupError(f"fit.py options do not parse ({error}): {' '.join(args)}") from None
 
-    def parse(self, args: Sequence[str]) -> Any:
+    def check(self, overrides: Mapping[str, Any]) -> Config:
+        """The base configuration with ``overrides``, checked as a trial's ``train()`` will check it."""
         try:
-            return self._cli.parser.parse_args(list(args))
-        except ArgumentError as error:
-            raise TuneSetupError(f"fit.py options do not parse ({error}): {' '.join(args)}") from error
+            return check_config(with_overrides(self.config, overrides), self.parser)
+        except ConfigError as error:
+            raise TuneSetupError(f"{dict(overrides)}: {error}") from None
 
-    def dump(self, args: Sequence[str]) -> str:
-        """The full LightningCLI config (what fit.py saves as config.yaml) that ``args`` describe."""
-        return self._cli.parser.dump(self.parse(args))
+    def dump(self, overrides: Mapping[str, Any]) -> str:
+        """The full configuration with ``overrides`` (what fit.py saves as config.yaml), for ``--config``."""
+        return dump_config(with_overrides(self.config, overrides), self.parser)
 
 
-def base_train_args(settings: SweepSettings) -> tuple[list[str], Any]:
-    """Every trial's fit.py arguments before its overrides, with paths made absolute, and the parsed config.
+def base_train_config(settings: SweepSettings) -> TrainConfig:
+    """Every trial's configuration before its sampled values, with paths made absolute.
 
     Trials run in their own working directory (and on a cluster, on another node), so config files, the data
     root and the preprocessing cache are resolved here, where they were written relative to.
@@ -81,10 +61,9 @@ def base_train_args(settings: SweepSettings) -> tuple[list[str], Any]:
     args += list(settings.train_args)
     if settings.accelerator:
         args += ["--accelerator", settings.accelerator]
-    parsed = TrainArgs(args)
-    config = parsed.config
+    parsed = TrainConfig(args)
     for key in ("data.root", "data.cache_dir", "ckpt_path"):
-        value = config.get(key)
+        value = parsed.config.get(key)
         if value and not Path(value).is_absolute():
-            args += [f"--{key}", str(Path(value).expanduser().resolve())]
-    return args, parsed
+            parsed.config[key] = str(Path(value).expanduser().resolve())
+    return parsed
