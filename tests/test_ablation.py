@@ -180,6 +180,7 @@ def test_a_missing_best_run_or_a_config_for_every_row_stops_before_any_training(
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a subprocess: ~11 s of imports
 def test_the_script_prints_one_error_line_for_an_unknown_row(tmp_path):
     completed = subprocess.run([sys.executable, str(REPO / "scripts" / "ablation.py"), "--only", "nope", "--runs",
                                 str(tmp_path / "runs"), "--out", str(tmp_path / "out")], cwd=tmp_path,

@@ -23,6 +23,7 @@ TINY = ["--data.image_size", "32", "--data.num_workers", "0", "--trainer.max_epo
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
+@pytest.mark.slow  # a subprocess: ~14 s of imports
 def test_help_documents_the_shortcuts():
     out = subprocess.run([sys.executable, "scripts/fit.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0

@@ -259,6 +259,7 @@ EARLY_STEPS, EARLY_TOL = 5, 1e-5
 TRAJECTORY_TOL = 1e-2
 
 
+@pytest.mark.slow  # TensorFlow training, 6-7 s per loss
 @pytest.mark.parametrize("loss", ["focal", "bce"])
 def test_twenty_step_training_trajectory(loss, keras_reference, tmp_path, one_torch_thread):
     """Same initial weights and batches, dropout off, 20 Adam steps (lr 1e-3, eps 1e-7) in each framework.

@@ -115,6 +115,7 @@ def xla_runs(tmp_path_factory: pytest.TempPathFactory):
             process.wait()
 
 
+@pytest.mark.slow  # a subprocess that imports torch_xla
 def test_device_count_matches_the_runtime_without_starting_it(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=_env(2), capture_output=True,
                           text=True, timeout=TIMEOUT_S)
