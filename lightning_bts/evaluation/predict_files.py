@@ -16,7 +16,7 @@ import glob
 import io
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,13 +79,23 @@ def output_names(files: Sequence[Path]) -> list[Path]:
     Raises:
         InferenceError: two inputs would get the same name (``a.png`` and ``a.jpg`` in one folder).
     """
-    resolved = [f.resolve() for f in files]
-    common = Path(os.path.commonpath([str(f.parent) for f in resolved]))
-    names = [f.relative_to(common).with_suffix(".png") for f in resolved]
+    return unique_output_names(files, lambda source, relative: relative.with_suffix(".png"), "inputs")
+
+
+def unique_output_names(sources: Sequence[Path], name_of: Callable[[Path, Path], Path],
+                        noun: str = "inputs") -> list[Path]:
+    """``name_of(resolved source, its path below the sources' common folder)`` for each source, all different.
+
+    Raises:
+        InferenceError: two sources would get the same name (the message calls them ``noun``).
+    """
+    resolved = [source.resolve() for source in sources]
+    common = Path(os.path.commonpath([str(source.parent) for source in resolved]))
+    names = [name_of(source, source.relative_to(common)) for source in resolved]
     seen: dict[Path, Path] = {}
-    for source, name in zip(files, names):
+    for source, name in zip(sources, names):
         if name in seen:
-            raise InferenceError(f"inputs {seen[name]} and {source} would both be written as {name}; "
+            raise InferenceError(f"{noun} {seen[name]} and {source} would both be written as {name}; "
                                  "rename one or predict them separately")
         seen[name] = source
     return names

@@ -14,7 +14,6 @@ every file goes through a temporary name and a rename.
 from __future__ import annotations
 
 import glob
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,13 @@ from lightning_bts.data.intensity import to_uint8
 from lightning_bts.data.nifti import is_nifti, mask_nifti, nifti_stem
 from lightning_bts.data.scans import SCAN_KINDS, is_scan, read_scan
 from lightning_bts.data.volume import Volume, VolumeError
-from lightning_bts.evaluation.predict_files import PredictionSummary, check_output_dir, find_images, write_atomically
+from lightning_bts.evaluation.predict_files import (
+    PredictionSummary,
+    check_output_dir,
+    find_images,
+    unique_output_names,
+    write_atomically,
+)
 from lightning_bts.evaluation.predictor import InferenceError, Predictor
 
 SLICE_COLUMNS = ("image", "slice", "mask", "height", "width", "tumour_pixels", "tumour_fraction", "max_probability",
@@ -73,20 +78,11 @@ def scan_names(scans: Sequence[Path]) -> list[Path]:
     Raises:
         InferenceError: two scans would get the same name.
     """
-    resolved = [scan.resolve() for scan in scans]
-    common = Path(os.path.commonpath([str(scan.parent) for scan in resolved]))
-    names = []
-    for scan in resolved:
-        relative = scan.relative_to(common)
+    def name_of(scan: Path, relative: Path) -> Path:
         stem = nifti_stem(relative) if is_nifti(relative) else relative.name if scan.is_dir() else relative.stem
-        names.append(relative.parent / f"{stem}.nii.gz")
-    seen: dict[Path, Path] = {}
-    for scan, name in zip(scans, names):
-        if name in seen:
-            raise InferenceError(f"scans {seen[name]} and {scan} would both be written as {name}; rename one or "
-                                 "predict them separately")
-        seen[name] = scan
-    return names
+        return relative.parent / f"{stem}.nii.gz"
+
+    return unique_output_names(scans, name_of, "scans")
 
 
 def scan_probabilities(predictor: Predictor, volume: Volume, data: np.ndarray, plane: str = "acquisition",
