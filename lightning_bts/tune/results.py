@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lightning_bts.evaluation.outputs import write_files_atomically
+from lightning_bts.files import write_atomically
 from lightning_bts.training.config import parse_config
 from lightning_bts.tune.settings import SweepResult
 from lightning_bts.tune.space import METRIC, MODE
@@ -43,8 +43,8 @@ def write_results(grid: Any, experiment_dir: Path, parsed: TrainConfig, keys: li
     rows.sort(key=lambda r: -r[METRIC] if isinstance(r[METRIC], float) and not math.isnan(r[METRIC]) else math.inf)
     columns = ["trial", "status", METRIC, "iterations", "failures", *keys, "error"]
     trials_csv, trials_md = experiment_dir / "trials.csv", experiment_dir / "trials.md"
-    write_files_atomically(experiment_dir, {trials_csv.name: _csv(rows, [*columns, "path"]),
-                                            trials_md.name: _markdown(rows, columns)})
+    write_atomically(trials_csv, _csv(rows, [*columns, "path"]))
+    write_atomically(trials_md, _markdown(rows, columns))
     complete = len(rows) >= num_samples and all(r["status"] == "TERMINATED" for r in rows)
 
     best_config = best_checkpoint = None
@@ -59,7 +59,7 @@ def write_results(grid: Any, experiment_dir: Path, parsed: TrainConfig, keys: li
         header = (f"# Best trial of the sweep in {experiment_dir} ({METRIC} {best_metrics.get(METRIC):.4f}, "
                   f"trial {best_metrics.get('trial_id')}).\n"
                   f"# Retrain: python scripts/fit.py --config {best_config}\n")
-        write_files_atomically(experiment_dir, {best_config.name: header + parsed.dump(best_overrides)})
+        write_atomically(best_config, header + parsed.dump(best_overrides))
         parse_config(["--config", str(best_config)], parser=parsed.parser)  # what fit.py --config will read
         if cv:
             checkpoint = best.checkpoint
