@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= xla,tune,keras,export,io,dev
+# --no-cache-dir: the venv takes about 11 GB (torch's CUDA libraries alone 4.3 GB); pip's wheel cache would hold a
+# second copy of the downloads on the same disk, and a CI run once failed on "No space left on device" while installing.
 
 .PHONY: setup run test test-fast lint
 
@@ -14,8 +16,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
+	$(PY) -m pip install --quiet --no-cache-dir -e ".[$(EXTRAS)]"
 	touch $@
 
 run: setup
