@@ -122,7 +122,9 @@ def test_ensemble_threshold_and_other_dataset(trained, tmp_path):
     for name in RATIOS:  # the mean probability of identical members is the member's probability
         assert twice.metrics[name] == pytest.approx(single.metrics[name], abs=1e-6)
     strict = evaluate_checkpoints([result.last_checkpoint], data_root=SAMPLE_ROOT, device="cpu", threshold=0.9)
-    assert strict.per_image["predicted_pixels"].sum() <= single.per_image["predicted_pixels"].sum()
+    # the threshold is applied: fewer pixels pass 0.9 than 0.5 (equal counts would also pass a "<=")
+    assert strict.per_image["predicted_pixels"].sum() < single.per_image["predicted_pixels"].sum()
+    assert strict.metrics["threshold"] == 0.9 and single.metrics["threshold"] == 0.5
 
     predictor = Predictor.from_checkpoints([result.last_checkpoint])
     datamodule, part = evaluation_data(predictor.sources)

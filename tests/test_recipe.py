@@ -125,9 +125,12 @@ def test_deep_supervision_trains_on_all_outputs_and_evaluates_on_the_main_one():
 # ---- smp architectures ----
 
 SMP_ARCHS = [name for name in architecture_names() if name not in ("paper_unet", "DPT")]
+# the heavy decoders (several seconds a step each) run in the full suite; the fast tier keeps the light ones
+HEAVY_SMP_ARCHS = ("UnetPlusPlus", "UPerNet", "PAN", "FPN", "PSPNet")
 
 
-@pytest.mark.parametrize("arch", SMP_ARCHS)
+@pytest.mark.parametrize("arch", [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY_SMP_ARCHS else name
+                                  for name in SMP_ARCHS])
 def test_each_smp_architecture_builds_randomly_initialised_and_trains_a_step(arch):
     torch.manual_seed(0)
     module = SegmentationModule(arch=arch, encoder="resnet18", loss="dice_bce_batch", hausdorff=False)
