@@ -336,8 +336,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
                         help="precision of the evaluation of each fold's last checkpoint (default 32-true)")
     parser.add_argument("--report", action="store_true", help="write the report (report.md, CSV, PNG) at the end")
     parser.add_argument("--report-only", action="store_true", help="only (re)write the report from finished runs")
-    parser.add_argument("--seeds", type=int, default=1, help="train each (loss, fold) N times, seed_everything S, "
-                        "S+1, ... (runs <loss>_fold<k>_seed<s>); the report adds the spread across seeds (default 1)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="train each (loss, fold) N times, "
+                        "seed_everything S, S+1, ... (runs <loss>_fold<k>_seed<s>); the report adds the spread across "
+                        "seeds (default 1)")
     ray = parser.add_argument_group("Ray (runs in parallel; see docs/cv.md)")
     ray.add_argument("--address", default=None, help="run each (loss, fold[, seed]) as a Ray task: auto (the "
                      "cluster `ray start` runs here), local (a new Ray on this machine) or HOST:PORT. --out must "
