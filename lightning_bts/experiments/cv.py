@@ -25,6 +25,10 @@ the model's grid (``model_grid``), with the threshold given here and whatever el
     runs/, cache/                 checkpoints, logs and the preprocessing cache (git-ignored: large)
 
     python scripts/cv.py --out reports/cv_sample --config configs/quick_cpu.yaml --trainer.max_epochs 5
+
+With ``--seeds N`` each (fold, loss) is trained N times from ``seed_everything`` S, S+1, ... (runs
+``<loss>_fold<k>_seed<s>``, :mod:`.seeds`). With ``--address`` the runs are Ray tasks on a local Ray or a cluster,
+several at a time (:mod:`.parallel`; ``--out`` must then be on storage every node reaches), with the same files.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
@@ -50,9 +54,13 @@ from lightning_bts.evaluation import (
     to_json,
     write_files_atomically,
 )
-from lightning_bts.experiments.runs import CVError, collect, result_path, run_name
+from lightning_bts.experiments.runs import CVError, RunsFailed, collect, result_path, run_name
+from lightning_bts.experiments.seeds import seed_values
 from lightning_bts.training.config import Config, parse_config
 from lightning_bts.training.train import train
+
+if TYPE_CHECKING:
+    from lightning_bts.experiments.parallel import RaySettings
 
 DEFAULT_LOSSES = ("focal", "bce")
 VERSION = "cv"
@@ -60,7 +68,8 @@ VERSION = "cv"
 RESERVED = ("--data.fold", "--data.num_folds", "--model.loss", "--run_name", "--version", "--output_dir",
             "--ckpt_path")
 # What makes two invocations the same experiment (a re-run may add losses or folds, nothing else).
-PROTOCOL_KEYS = ("train_args", "num_folds", "threshold", "eval_precision")
+PROTOCOL_KEYS = ("train_args", "num_folds", "threshold", "eval_precision", "seeds")
+PROTOCOL_DEFAULTS = {"seeds": 1}  # protocol.json has "seeds" only when > 1 (as before --seeds existed)
 
 
 
@@ -101,19 +110,22 @@ def _check_args(train_args: Sequence[str]) -> None:
 
 
 def _protocol(out_dir: Path, train_args: list[str], losses: Sequence[str], num_folds: int, threshold: float,
-              eval_precision: str, command: str | None) -> dict[str, Any]:
+              eval_precision: str, command: str | None, seeds: int = 1) -> dict[str, Any]:
     """Record the experiment, or check that ``out_dir`` holds the same one (then add the new losses)."""
     protocol = {
         "train_args": train_args, "num_folds": num_folds, "threshold": threshold, "eval_precision": eval_precision,
+        **({"seeds": seeds} if seeds > 1 else {}),
         "losses": list(losses), "command": command or " ".join(sys.argv), "git_commit": git_commit(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     path = out_dir / "protocol.json"
     if path.is_file():
         previous = json.loads(path.read_text())
-        differing = [key for key in PROTOCOL_KEYS if previous.get(key) != protocol[key]]
+        before, now = ({key: p.get(key, PROTOCOL_DEFAULTS.get(key)) for key in PROTOCOL_KEYS}
+                       for p in (previous, protocol))
+        differing = [key for key in PROTOCOL_KEYS if before[key] != now[key]]
         if differing:
-            details = "; ".join(f"{key}: {previous.get(key)!r} there, {protocol[key]!r} now" for key in differing)
+            details = "; ".join(f"{key}: {before[key]!r} there, {now[key]!r} now" for key in differing)
             raise CVError(f"{out_dir} holds results of a different experiment ({details}); use another --out")
         previous["losses"] = list(dict.fromkeys([*previous.get("losses", []), *losses]))
         previous.setdefault("resumed", []).append({"command": protocol["command"], "git_commit": protocol["git_commit"],
@@ -158,48 +170,53 @@ def _resolved_config(log_dir: Path) -> dict[str, Any]:
     }
 
 
-def _check_same_split(out_dir: Path, fold: int, val_keys: list[str], loss: str) -> None:
-    for other in sorted((out_dir / "folds").glob(f"*_fold{fold}.json")):
+def _check_same_split(out_dir: Path, fold: int, val_keys: list[str], name: str) -> None:
+    for other in sorted((out_dir / "folds").glob("*.json")):
         previous = json.loads(other.read_text())
-        if previous["val_keys"] != val_keys:
-            raise CVError(f"fold {fold} of {loss} validated on other slices than {other.name}: the split changed "
+        if previous["fold"] == fold and previous["val_keys"] != val_keys:
+            raise CVError(f"fold {fold} of {name} validated on other slices than {other.name}: the split changed "
                           "(data, data.seed or data.num_folds); use another --out")
 
 
-def run_config(config: Config, out_dir: Path, loss: str, fold: int, num_folds: int) -> Config:
-    """A copy of the experiment's ``config`` for one (fold, loss) run, in ``out_dir/runs/<loss>_fold<k>/cv``.
+def run_config(config: Config, out_dir: Path, loss: str, fold: int, num_folds: int,
+               seed: int | None = None) -> Config:
+    """A copy of the experiment's ``config`` for one (fold, loss[, seed]) run, in ``out_dir/runs/<run>/cv``.
 
-    The preprocessing cache is ``out_dir/cache`` unless the user chose one.
+    The preprocessing cache is ``out_dir/cache`` unless the user chose one; ``seed`` (None: the config's) sets
+    ``seed_everything``.
     """
     run = config.clone()
     run.data.cache_dir = run.data.cache_dir or str(out_dir / "cache")
     run.data.num_folds, run.data.fold, run.model.loss = num_folds, fold, loss
-    run.run_name, run.version, run.output_dir = run_name(loss, fold), VERSION, str(out_dir / "runs")
+    run.run_name, run.version, run.output_dir = run_name(loss, fold, seed), VERSION, str(out_dir / "runs")
+    if seed is not None:
+        run.seed_everything = seed
     return run
 
 
 def run_one(out_dir: Path, config: Config, loss: str, fold: int, num_folds: int, threshold: float,
-            eval_precision: str, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train one (fold, loss) from fresh seeded weights, evaluate its last checkpoint, write its results.
+            eval_precision: str, callbacks: Sequence[Callback] = (), seed: int | None = None) -> dict[str, Any]:
+    """Train one (fold, loss[, seed]) from fresh seeded weights, evaluate its last checkpoint, write its results.
 
     ``config`` is the experiment's (the user's training arguments, parsed); the run trains on a copy.
     """
-    name = run_name(loss, fold)
+    name = run_name(loss, fold, seed)
     shutil.rmtree(out_dir / "runs" / name / VERSION, ignore_errors=True)  # an interrupted attempt: start it over
     started = time.perf_counter()
     final = FinalCheckpoint()
-    result = train(run_config(config, out_dir, loss, fold, num_folds), callbacks=[*callbacks, final])
+    result = train(run_config(config, out_dir, loss, fold, num_folds, seed), callbacks=[*callbacks, final])
     train_seconds = time.perf_counter() - started
     if final.path is None or not final.path.is_file():
         raise CVError(f"run {name} ended without writing its final checkpoint in {result.log_dir}")
     evaluation = evaluate_checkpoints([final.path], part="val", threshold=threshold,
                                       precision=eval_precision, device="auto", keep_predictions=True)
     split = json.loads((result.log_dir / "splits.json").read_text())
-    _check_same_split(out_dir, fold, split["val"], loss)
-    per_image = evaluation.per_image.assign(loss=loss, fold=fold)
-    curves = learning_curves(result.log_dir / "metrics.csv").assign(loss=loss, fold=fold)
+    _check_same_split(out_dir, fold, split["val"], name)
+    which = {"loss": loss, "fold": fold, **({"seed": seed} if seed is not None else {})}
+    per_image = evaluation.per_image.assign(**which)
+    curves = learning_curves(result.log_dir / "metrics.csv").assign(**which)
     record = {
-        "loss": loss, "fold": fold, "run": name, "metrics": evaluation.metrics,
+        **which, "run": name, "metrics": evaluation.metrics,
         "logged_last_epoch": {k: v for k, v in result.metrics.items() if k.startswith("val/")},
         "train_seconds": round(train_seconds, 1),
         "config": _resolved_config(result.log_dir),
@@ -226,14 +243,21 @@ def run_cv(
     eval_precision: str = "32-true",
     callbacks: Sequence[Callback] = (),
     command: str | None = None,
+    seeds: int = 1,
+    ray: RaySettings | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) ``folds`` (default all) x ``losses``; returns each finished run's record.
+    """Run (or resume) ``folds`` (default all) x ``losses`` (x ``seeds``); returns each finished run's record.
 
-    Runs go fold by fold (all losses of fold 0, then fold 1, ...) so a partial experiment is already paired.
-    A run whose ``folds/<loss>_fold<k>.json`` exists is skipped (its record has ``"skipped": True``).
+    Runs go fold by fold (all losses of fold 0, then fold 1, ...; with seeds: each seed's losses in turn) so a
+    partial experiment is already paired. A run whose ``folds/<run>.json`` exists is skipped (its record has
+    ``"skipped": True``). With ``ray`` the runs that are not are Ray tasks (:mod:`.parallel`), several at a time;
+    a run that still fails after its retries does not stop the others. ``callbacks`` go to every run's Trainer
+    (pickled to the Ray workers).
 
     Raises:
-        CVError: reserved arguments given, ``out_dir`` holds another experiment, the split changed.
+        CVError: reserved arguments given, bad seeds or Ray settings, ``out_dir`` holds another experiment, the
+            split changed; with ``ray``, Ray cannot be joined or ``out_dir`` is not shared with a node.
+        RunsFailed: (with ``ray``) runs failed after their retries; they are named, the others' files are written.
         ConfigError: a training argument does not parse (an unknown key, a bad value).
     """
     train_args = [str(arg) for arg in train_args]
@@ -247,24 +271,52 @@ def run_cv(
     if bad:
         raise CVError(f"folds {bad} are out of range for {num_folds} folds (0..{num_folds - 1})")
     config = parse_config(train_args)
+    seed_list = seed_values(config.get("seed_everything"), seeds)
     out_dir = Path(out_dir)
-    _protocol(out_dir, train_args, losses, num_folds, threshold, eval_precision, command)
-    records = []
-    for fold in folds:
-        for loss in losses:
-            path = result_path(out_dir, loss, fold)
-            if path.is_file():
-                print(f"[cv] {run_name(loss, fold)}: finished earlier, skipped ({path})", flush=True)
-                records.append({**json.loads(path.read_text()), "skipped": True})
-                continue
-            print(f"[cv] {run_name(loss, fold)}: training", flush=True)
-            record = run_one(out_dir, config, loss, fold, num_folds, threshold, eval_precision, callbacks)
-            metrics = record["metrics"]
-            print(f"[cv] {run_name(loss, fold)}: dice {metrics['dice']:.4f}, hd95 {metrics['hd95']:.2f} "
-                  f"({record['train_seconds']:.0f} s)", flush=True)
-            records.append({**record, "skipped": False})
-    collect(out_dir)
+    if ray is not None:
+        from lightning_bts.experiments.parallel import prepare
+
+        config, out_dir = prepare(ray, config, out_dir)
+    _protocol(out_dir, train_args, losses, num_folds, threshold, eval_precision, command, seeds)
+    records, pending = [], []
+    runs = [(fold, seed, loss) for fold in folds for seed in seed_list for loss in losses]
+    for fold, seed, loss in runs:
+        name, path = run_name(loss, fold, seed), result_path(out_dir, loss, fold, seed)
+        if path.is_file():
+            print(f"[cv] {name}: finished earlier, skipped ({path})", flush=True)
+            records.append({**json.loads(path.read_text()), "skipped": True})
+            continue
+        if ray is not None:
+            pending.append((name, path, {"out_dir": out_dir, "config": config, "loss": loss, "fold": fold,
+                                         "num_folds": num_folds, "threshold": threshold,
+                                         "eval_precision": eval_precision, "callbacks": list(callbacks), "seed": seed}))
+            continue
+        print(f"[cv] {name}: training", flush=True)
+        record = run_one(out_dir, config, loss, fold, num_folds, threshold, eval_precision, callbacks, seed)
+        _announce(name, record)
+        records.append({**record, "skipped": False})
+    failed: dict[str, str] = {}
+    if pending:
+        from lightning_bts.experiments.parallel import run_on_ray
+
+        finished, failed = run_on_ray(ray, pending, run_one, _announce)
+        order = {run_name(loss, fold, seed): i for i, (fold, seed, loss) in enumerate(runs)}
+        records = sorted(records + [{**record, "skipped": False} for record in finished],
+                         key=lambda record: order[record["run"]])
+    if records:
+        collect(out_dir)
+    if failed:
+        listing = "; ".join(f"{name} ({reason})" for name, reason in failed.items())
+        raise RunsFailed(f"{len(failed)} run(s) failed after {ray.retries} retries: {listing}. The {len(records)} "
+                         f"finished run(s) are in {out_dir}; re-run the same command to retry the failed ones",
+                         finished=len(records))
     return records
+
+
+def _announce(name: str, record: dict[str, Any]) -> None:
+    metrics = record["metrics"]
+    print(f"[cv] {name}: dice {metrics['dice']:.4f}, hd95 {metrics['hd95']:.2f} ({record['train_seconds']:.0f} s)",
+          flush=True)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -284,15 +336,43 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
                         help="precision of the evaluation of each fold's last checkpoint (default 32-true)")
     parser.add_argument("--report", action="store_true", help="write the report (report.md, CSV, PNG) at the end")
     parser.add_argument("--report-only", action="store_true", help="only (re)write the report from finished runs")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="train each (loss, fold) N times, "
+                        "seed_everything S, S+1, ... (runs <loss>_fold<k>_seed<s>); the report adds the spread across "
+                        "seeds (default 1)")
+    ray = parser.add_argument_group("Ray (runs in parallel; see docs/cv.md)")
+    ray.add_argument("--address", default=None, help="run each (loss, fold[, seed]) as a Ray task: auto (the "
+                     "cluster `ray start` runs here), local (a new Ray on this machine) or HOST:PORT. --out must "
+                     "then be a folder every node reaches at the same path (a shared filesystem)")
+    ray.add_argument("--cpus-per-run", type=float, default=None, help="CPUs each run reserves, also its torch "
+                     "threads (default 1)")
+    ray.add_argument("--gpus-per-run", type=float, default=None, help="GPUs each run reserves (default 0; "
+                     "fractions share a GPU); needs a GPU accelerator (auto or gpu)")
+    ray.add_argument("--max-concurrent", type=int, default=None, help="at most this many runs at once (default: as "
+                     "many as the cluster has room for)")
+    ray.add_argument("--retries", type=int, default=None, help="times Ray re-runs a failed run before it counts as "
+                     "failed (default 2); the command then fails, naming it, after the other runs and the report")
     return parser.parse_known_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, train_args = parse_args(argv)
     if not args.report_only:
-        run_cv(train_args, args.out, args.losses, args.num_folds, args.folds, args.threshold, args.eval_precision,
-               command=" ".join(["python scripts/cv.py", *(sys.argv[1:] if argv is None else argv)]))
-    if args.report or args.report_only:
-        from lightning_bts.experiments.report import build_report
+        from lightning_bts.experiments.parallel import settings_from_args
 
-        print(f"[cv] report: {build_report(args.out)}")
+        ray = settings_from_args(args)
+        command = " ".join(["python scripts/cv.py", *(sys.argv[1:] if argv is None else argv)])
+        try:
+            run_cv(train_args, args.out, args.losses, args.num_folds, args.folds, args.threshold, args.eval_precision,
+                   command=command, seeds=args.seeds, ray=ray)
+        except RunsFailed as failure:  # the report of the runs that finished, then the error naming the others
+            if args.report and failure.finished:
+                _write_report(args.out)
+            raise
+    if args.report or args.report_only:
+        _write_report(args.out)
+
+
+def _write_report(out: str) -> None:
+    from lightning_bts.experiments.report import build_report
+
+    print(f"[cv] report: {build_report(out)}")

@@ -29,6 +29,7 @@ from lightning_bts.data.preprocess import preprocess_slice  # noqa: E402
 from lightning_bts.data.records import load_records  # noqa: E402
 from lightning_bts.errors import UserError  # noqa: E402
 from lightning_bts.evaluation import load_predictions, write_files_atomically  # noqa: E402
+from lightning_bts.experiments import seeds  # noqa: E402
 from lightning_bts.experiments.runs import collect, run_name  # noqa: E402
 from lightning_bts.experiments.stats import paired_t_test, summarize, wilcoxon_signed_rank  # noqa: E402
 
@@ -49,7 +50,9 @@ def _load(out_dir: Path) -> dict[str, Any]:
     records = [json.loads(p.read_text()) for p in sorted((out_dir / "folds").glob("*.json"))]
     tables = collect(out_dir)
     losses = [loss for loss in protocol["losses"] if loss in set(tables["folds"]["loss"])]
-    return {"protocol": protocol, "records": records, "losses": losses, **tables}
+    # with --seeds N: one row per run in "runs"; the tables the report is made of hold each fold's mean over seeds
+    return {"protocol": protocol, "records": records, "losses": losses, **seeds.mean_over_seeds(tables),
+            "runs": tables["folds"], "gallery": seeds.first_seed(tables["per_image"])}
 
 
 def summary_table(folds: pd.DataFrame, losses: Sequence[str]) -> pd.DataFrame:
@@ -157,7 +160,7 @@ def plot_gallery(out_dir: Path, per_image: pd.DataFrame, losses: Sequence[str], 
                                        config["skull_strip"], rgb=False)
         for column, loss in enumerate(losses):
             axis = axes[row, column]
-            name = run_name(loss, int(pick["fold"]))
+            name = run_name(loss, int(pick["fold"]), seeds.seed_of(pick))
             prediction = load_predictions(out_dir / "predictions" / f"{name}.npz").get(pick["key"])
             score = per_image[(per_image["loss"] == loss) & (per_image["key"] == pick["key"])]["dice"]
             axis.imshow(image[..., 0], cmap="gray")
@@ -200,7 +203,7 @@ def _checks(records: list[dict], losses: Sequence[str]) -> list[str]:
     """Leakage and pairing checks recomputed from the results, stated as facts in the report."""
     lines = []
     for loss in losses:
-        groups = [set(r["val_groups"]) for r in records if r["loss"] == loss]
+        groups = list({r["fold"]: set(r["val_groups"]) for r in records if r["loss"] == loss}.values())
         shared = set().union(*[a & b for i, a in enumerate(groups) for b in groups[i + 1:]])
         lines.append(f"- {loss}: {len(groups)} validation folds, patient groups in more than one validation fold: "
                      f"{len(shared)} {'(none: no leakage across folds)' if not shared else sorted(shared)[:5]}")
@@ -215,7 +218,7 @@ def _checks(records: list[dict], losses: Sequence[str]) -> list[str]:
 def _protocol_lines(data: dict[str, Any]) -> list[str]:
     protocol, records = data["protocol"], data["records"]
     config = records[0]["config"]
-    varying = {key for key in config if key not in ("loss", "fold")
+    varying = {key for key in config if key not in ("loss", "fold", "seed_everything")
                and len({json.dumps(r["config"].get(key)) for r in records}) > 1}
     per_image = data["per_image"]
     first = per_image[per_image["loss"] == data["losses"][0]]
@@ -228,7 +231,7 @@ def _protocol_lines(data: dict[str, Any]) -> list[str]:
         f"type), split seed {config['split_seed']}, the same folds for every loss",
         f"- model: {_network(config)}, base filters {config['base_filters']}, norm `{_norm(config)}` (batch norm "
         f"{config['batch_norm']}), deep supervision {config.get('deep_supervision', False)}, dropout scale "
-        f"{config['dropout_scale']}; weights re-initialised from `seed_everything({config['seed_everything']})` "
+        f"{config['dropout_scale']}; weights re-initialised from `seed_everything({seeds.seed_label(records)})` "
         "for every fold and loss (identical initial weights: a paired comparison)",
         f"- input: {config['image_size']}x{config['image_size']} px, {config['in_channels']} channels, skull "
         f"stripping `{config['skull_strip']}`, augmentation {config['augment']} (`data.augmentation` "
@@ -284,7 +287,8 @@ def _evaluation_rule(metrics: dict[str, Any], protocol: dict[str, Any]) -> str:
     return f"threshold {protocol['threshold']}"
 
 
-def _markdown(data: dict[str, Any], summary: pd.DataFrame, paired: pd.DataFrame, has_gallery: str) -> str:
+def _markdown(data: dict[str, Any], summary: pd.DataFrame, paired: pd.DataFrame, has_gallery: str,
+              spread: pd.DataFrame) -> str:
     losses = data["losses"]
     units = data["records"][0]["metrics"].get("hd_units", "pixels")
     resolution = _resolution(data["records"][0]["metrics"], data["records"][0]["config"])
@@ -345,7 +349,8 @@ def _markdown(data: dict[str, Any], summary: pd.DataFrame, paired: pd.DataFrame,
         if n_folds < 5:
             lines += ["", f"With {n_folds} folds the t-test has {n_folds - 1} degree(s) of freedom: weak evidence."]
 
-    lines += ["", "## Learning curves", "", "![learning curves](curves.png)", "",
+    lines += ["", *seeds.seed_lines(spread, seeds.seed_label(data["records"]), _table)]
+    lines += ["## Learning curves", "", "![learning curves](curves.png)", "",
               "## Per-slice Dice by tumour type", "", "![Dice by tumour type](dice_by_type.png)", "",
               "## Best, median and worst slices", ""]
     lines += (["![gallery](gallery.png)"] if has_gallery == "yes" else [f"Gallery not drawn: {has_gallery}"])
@@ -365,6 +370,7 @@ def build_report(out_dir: str | Path) -> Path:
     losses = data["losses"]
     summary = summary_table(data["folds"], losses)
     paired = paired_table(data["folds"], data["per_image"], *losses[:2]) if len(losses) >= 2 else pd.DataFrame()
+    spread = seeds.seed_spread(data["runs"], losses)
     files: dict[str, str | bytes] = {
         "summary.csv": summary.to_csv(index=False),
         "paired.csv": paired.to_csv(index=False),
@@ -372,11 +378,12 @@ def build_report(out_dir: str | Path) -> Path:
         "dice_by_type.png": plot_dice_by_type(data["per_image"], losses),
     }
     try:
-        files["gallery.png"] = plot_gallery(out_dir, data["per_image"], losses, data["records"][0]["config"])
+        files["gallery.png"] = plot_gallery(out_dir, data["gallery"], losses, data["records"][0]["config"])
         has_gallery = "yes"
     except (OSError, ValueError, KeyError) as error:  # dataset moved or absent: the rest still stands
         has_gallery = f"the dataset could not be read ({error})"
-    files["report.md"] = _markdown(data, summary, paired, has_gallery)
+    files.update({"seeds.csv": spread.to_csv(index=False)} if not spread.empty else {})
+    files["report.md"] = _markdown(data, summary, paired, has_gallery, spread)
     write_files_atomically(out_dir, files)
     return out_dir / "report.md"
 

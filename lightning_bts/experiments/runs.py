@@ -20,12 +20,21 @@ class CVError(UserError):
     """The cross-validation cannot run or resume as asked; the message says why."""
 
 
-def run_name(loss: str, fold: int) -> str:
-    return f"{loss}_fold{fold}"
+class RunsFailed(CVError):
+    """Runs failed for good (after their retries) while the others finished; ``finished`` says how many did."""
+
+    def __init__(self, message: str, finished: int) -> None:
+        super().__init__(message)
+        self.finished = finished
 
 
-def result_path(out_dir: str | Path, loss: str, fold: int) -> Path:
-    return Path(out_dir) / "folds" / f"{run_name(loss, fold)}.json"
+def run_name(loss: str, fold: int, seed: int | None = None) -> str:
+    """``<loss>_fold<k>``; ``<loss>_fold<k>_seed<s>`` when the experiment repeats each run with several seeds."""
+    return f"{loss}_fold{fold}" + ("" if seed is None else f"_seed{seed}")
+
+
+def result_path(out_dir: str | Path, loss: str, fold: int, seed: int | None = None) -> Path:
+    return Path(out_dir) / "folds" / f"{run_name(loss, fold, seed)}.json"
 
 
 def collect(out_dir: str | Path) -> dict[str, pd.DataFrame]:
@@ -37,7 +46,8 @@ def collect(out_dir: str | Path) -> dict[str, pd.DataFrame]:
     rows = []
     for record in records:
         metrics = record["metrics"]
-        row = {"loss": record["loss"], "fold": record["fold"], "n_val": metrics["n_images"],
+        row = {"loss": record["loss"], "fold": record["fold"], **({"seed": record["seed"]} if "seed" in record else {}),
+               "n_val": metrics["n_images"],
                "n_train": record["n_train"], "train_seconds": record["train_seconds"]}
         row.update(_numbers(metrics))
         row.update({f"{k}_per_image": v for k, v in metrics["per_image"].items()})
@@ -45,9 +55,10 @@ def collect(out_dir: str | Path) -> dict[str, pd.DataFrame]:
             row.update({f"{GRID_PREFIX}{k}": v for k, v in _numbers(metrics["model_grid"]).items()})
             row.update({f"{GRID_PREFIX}{k}_per_image": v for k, v in metrics["model_grid"]["per_image"].items()})
         rows.append(row)
-    names = [run_name(r["loss"], r["fold"]) for r in records]
+    names = [run_name(r["loss"], r["fold"], r.get("seed")) for r in records]
+    folds = pd.DataFrame(rows)
     tables = {
-        "folds": pd.DataFrame(rows).sort_values(["loss", "fold"], ignore_index=True),
+        "folds": folds.sort_values(["loss", "fold", *(["seed"] if "seed" in folds else [])], ignore_index=True),
         "per_image": pd.concat([pd.read_csv(out_dir / "per_image" / f"{n}.csv", dtype={"key": str,
                                "patient_group": str}) for n in names], ignore_index=True),
         "curves": pd.concat([pd.read_csv(out_dir / "curves" / f"{n}.csv") for n in names], ignore_index=True),

@@ -39,7 +39,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
             except OSError as error:
                 raise TuneSetupError(f"cannot reach the Ray cluster at {address} within {timeout_s:g} s: {error}. "
                                      "Is `ray start --head` running there, and the port open?") from error
-        package = str(Path(__file__).resolve().parent)
+        package = str(Path(__file__).resolve().parents[1])  # lightning_bts/, not lightning_bts/tune/
         try:  # ship this package's code to the workers; they need the same Python packages installed
             ray.init(address=address, runtime_env={"py_modules": [package]}, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as error:
