@@ -56,3 +56,21 @@ def test_cpu_benchmark_prints_the_ratio_json_last(tiny_dataset, tmp_path):
     assert set(ratios) == {"train_fp32_32", "train_best_32", "infer_fp32_32", "infer_best_32", "data_over_train"}
     assert all(value > 0 for value in ratios.values())
     assert "Where a torch training step's time goes" in out.read_text()
+
+
+@pytest.mark.slow
+def test_inference_backends_benchmark_reports_every_backend_and_equal_masks(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "inference.md"
+    run = subprocess.run([sys.executable, "benchmarks/inference_backends.py", "--sizes", "128", "32", "--batch", "2",
+                          "--warmup", "0", "--repeats", "1", "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    for size in (128, 32):
+        assert {f"torch_32-true_{size}", f"torch_bf16-mixed_{size}", f"onnxruntime_32-true_{size}",
+                f"onnxruntime_over_torch_fp32_{size}"} <= set(summary)
+    table = out.read_text()
+    # the shipped model gives the same masks with ONNX Runtime as with PyTorch
+    onnx_row = next(line for line in table.splitlines() if line.startswith("| 128 | onnxruntime | 32-true |"))
+    assert onnx_row.endswith("| 0.0000 % |"), onnx_row

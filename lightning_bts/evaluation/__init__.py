@@ -4,7 +4,9 @@ Modules, each one job (imports go down this list, never up; none of them is impo
 
 - ``postprocess``    :class:`PostProcessing`: probability map -> mask (threshold, components, empty fallback)
 - ``settings``       the TTA and post-processing a checkpoint stores, and the command-line overrides
-- ``predictor``      :class:`Predictor`: checkpoints -> probabilities (device, precision, ensemble, flip TTA)
+- ``backends``       what runs a loaded network: PyTorch, or ONNX Runtime (converted in memory)
+- ``predictor``      :class:`Predictor`: checkpoints -> probabilities (device, precision, backend, ensemble,
+                     flip TTA)
 - ``data``           which slices are scored (the checkpoint's own split, checked), at both resolutions
 - ``bootstrap``      95 % intervals by resampling patients (not slices: a patient's slices are correlated)
 - ``scoring``        :func:`evaluate_checkpoints`: metrics at each slice's original size and at the model grid
@@ -18,6 +20,7 @@ Modules, each one job (imports go down this list, never up; none of them is impo
   select_postprocessing.py
 """
 
+from lightning_bts.evaluation.backends import BACKENDS
 from lightning_bts.evaluation.outputs import (
     format_table,
     load_predictions,
@@ -36,8 +39,8 @@ from lightning_bts.evaluation.settings import InferenceSettings
 from lightning_bts.evaluation.volume_scoring import evaluate_volumes
 
 __all__ = [
-    "PRECISIONS", "Evaluation", "InferenceError", "InferenceSettings", "PostProcessing", "Predictor", "evaluate",
-    "evaluate_checkpoints", "evaluate_volumes", "find_images", "find_inputs", "format_table", "load_predictions",
-    "predict_files", "predict_volumes", "predictions_npz", "resolve_device", "select_postprocessing", "to_json",
-    "write_evaluation", "write_files_atomically",
+    "BACKENDS", "PRECISIONS", "Evaluation", "InferenceError", "InferenceSettings", "PostProcessing", "Predictor",
+    "evaluate", "evaluate_checkpoints", "evaluate_volumes", "find_images", "find_inputs", "format_table",
+    "load_predictions", "predict_files", "predict_volumes", "predictions_npz", "resolve_device",
+    "select_postprocessing", "to_json", "write_evaluation", "write_files_atomically",
 ]

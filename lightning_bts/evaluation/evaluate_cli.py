@@ -25,6 +25,7 @@ from pathlib import Path
 
 from lightning_bts.data.volume import PLANES
 from lightning_bts.errors import ConfigError
+from lightning_bts.evaluation.backends import add_backend_argument
 from lightning_bts.evaluation.bootstrap import DEFAULT_RESAMPLES
 from lightning_bts.evaluation.data import PARTS
 from lightning_bts.evaluation.outputs import format_table, write_evaluation
@@ -59,6 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_override_arguments(parser)
     parser.add_argument("--precision", default="32-true", choices=tuple(PRECISIONS),
                         help="inference precision (default 32-true; bf16-mixed/16-mixed autocast)")
+    add_backend_argument(parser)
     parser.add_argument("--pixel-spacing", nargs="+", type=float, metavar="MM", default=None,
                         help="mm per pixel of the original slices (one value, or row and column): Hausdorff "
                         "distances in mm (default: the model's pixel_spacing_mm if set, else pixels)")
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         evaluation = evaluate_checkpoints(
             args.ckpt, args.data_root, args.part, args.threshold, args.precision, args.device, args.batch_size,
             args.cache_dir, keep_predictions=args.save_predictions, tta=args.tta, postprocessing=args.postprocessing,
-            pixel_spacing=args.pixel_spacing, bootstrap=args.bootstrap,
+            pixel_spacing=args.pixel_spacing, bootstrap=args.bootstrap, backend=args.backend,
         )
     out = write_evaluation(evaluation, args.out)
     written = json.loads((out / "metrics.json").read_text())  # print what was written, not a second copy
@@ -112,7 +114,7 @@ def _evaluate_volumes(args: argparse.Namespace) -> Evaluation:
         raise ConfigError(f"{', '.join(given)} do not apply to a folder of NIfTI volumes ({args.data_root}): it is "
                           "scored whole, in mm from the scans' voxel spacing")
     predictor = Predictor.from_checkpoints(args.ckpt, args.device, args.precision, args.tta, args.postprocessing,
-                                           args.threshold)
+                                           args.threshold, args.backend)
     evaluation = evaluate_volumes(predictor, args.data_root, args.axis, args.batch_size or 8, args.bootstrap)
     evaluation.metrics["checkpoints"] = [str(path) for path in args.ckpt]
     return evaluation

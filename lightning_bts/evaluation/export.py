@@ -20,7 +20,6 @@ logits is within ``atol``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import warnings
 from collections.abc import Sequence
@@ -33,18 +32,22 @@ from torch import nn
 
 from lightning_bts.data.records import DatasetError, read_image
 from lightning_bts.errors import UserError
+from lightning_bts.evaluation.backends import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    onnx_program,
+    onnxruntime_session,
+    plain_network,
+)
 from lightning_bts.evaluation.predict_files import find_images
 from lightning_bts.evaluation.predictor import Predictor, prepare_image
 from lightning_bts.evaluation.settings import InferenceSettings
 from lightning_bts.files import atomic_path
 from lightning_bts.training.checkpoint_file import WEIGHT_DTYPES, read_checkpoint, release_checkpoint
 from lightning_bts.training.checkpoints import Preprocessing
-from lightning_bts.training.module import SegmentationModule
 
 FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript", ".ckpt": "checkpoint"}
 DEFAULT_SAMPLES = "data/sample/images"
-ONNX_OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 class ExportError(UserError):
@@ -65,12 +68,6 @@ class ExportReport:
     max_abs_logit: float
     num_samples: int
     batch_sizes: tuple[int, ...]
-
-
-def export_network(model: SegmentationModule) -> nn.Module:
-    """The model's U-Net, copied to CPU, float32, contiguous memory format (not channels_last), eval mode."""
-    net = copy.deepcopy(model.net).to(device="cpu", dtype=torch.float32, memory_format=torch.contiguous_format)
-    return net.eval()
 
 
 def contract(settings: InferenceSettings, preprocessing: Preprocessing, checkpoint: str | Path) -> dict[str, str]:
@@ -125,13 +122,7 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, metadata: dic
         import onnx
     except ImportError as error:
         raise ExportError("ONNX export needs onnx and onnxscript: pip install 'lightning_bts[export]'") from error
-    batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(net, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET, dynamo=True,
-                                    verbose=False)
-    proto = program.model_proto
+    proto = onnx_program(net, example).model_proto
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
@@ -150,15 +141,9 @@ def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path, metada
 def run_exported(path: Path, kind: str, images: torch.Tensor) -> np.ndarray:
     """Logits of the exported file for ``images`` (onnxruntime on CPU for ONNX)."""
     if kind == "onnx":
-        try:
-            import onnxruntime
-        except ImportError as error:
-            raise ExportError("checking an ONNX export needs onnxruntime: pip install 'lightning_bts[export]'") \
-                from error
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+        return onnxruntime_session(str(path)).run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
     if kind == "checkpoint":
-        module = export_network(Predictor.from_checkpoints([path], device="cpu").models[0])
+        module = plain_network(Predictor.from_checkpoints([path], device="cpu").models[0])
     else:
         module = torch.jit.load(str(path), map_location="cpu")
     with torch.inference_mode():
@@ -196,7 +181,7 @@ def export_checkpoint(
         raise ExportError(f"num_samples must be at least 2 (to check the dynamic batch axis), got {num_samples}")
     predictor = Predictor.from_checkpoints([checkpoint], device="cpu")
     preprocessing = predictor.preprocessing
-    net = export_network(predictor.models[0])
+    net = plain_network(predictor.models[0])
     images = sample_batch(preprocessing, samples, num_samples)
     if len(images) < 2:
         images = torch.cat([images, images.flip(-1)])

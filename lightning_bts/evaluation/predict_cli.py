@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lightning_bts.data.volume import PLANES
 from lightning_bts.errors import ConfigError
+from lightning_bts.evaluation.backends import add_backend_argument
 from lightning_bts.evaluation.predict_files import PROBABILITY_FORMATS, check_output_dir, predict_files
 from lightning_bts.evaluation.predict_volumes import find_inputs, predict_volumes
 from lightning_bts.evaluation.predictor import PRECISIONS, Predictor
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_override_arguments(parser)
     parser.add_argument("--precision", default="32-true", choices=tuple(PRECISIONS),
                         help="inference precision (default 32-true; bf16-mixed/16-mixed autocast)")
+    add_backend_argument(parser)
     parser.add_argument("--save-probs", nargs="?", const="png", choices=PROBABILITY_FORMATS, default=None,
                         help="also write probability maps: png (8-bit, 255 = 1.0; the default) or npy (float32)")
     parser.add_argument("--overlays", action="store_true", help="also write the inputs with the tumour drawn on")
@@ -78,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_scan_options(args)
     check_output_dir(files or scans, Path(args.output))  # before loading models: fail fast
     predictor = Predictor.from_checkpoints(checkpoints, device=args.device, precision=args.precision, tta=args.tta,
-                                           postprocessing=args.postprocessing, threshold=args.threshold)
+                                           postprocessing=args.postprocessing, threshold=args.threshold,
+                                           backend=args.backend)
     if scans:
         summary = predict_volumes(predictor, scans, args.output, args.axis, args.batch_size, not args.quiet)
     else:

@@ -11,7 +11,8 @@ load models through :meth:`Predictor.from_checkpoints`, so a checkpoint means on
 - the post-processing and TTA stored with the checkpoint (:mod:`lightning_bts.evaluation.settings`), unless
   overridden;
 - the device, chosen once: ``auto`` takes a GPU when there is one, and a GPU that is asked for but missing is
-  an error at once, never a silent fallback to the CPU.
+  an error at once, never a silent fallback to the CPU;
+- the backend: PyTorch as trained, or ONNX Runtime on the CPU (:mod:`lightning_bts.evaluation.backends`).
 
 Models are only called as ``model(images)`` on uint8 ``(N, C, S, S)`` batches in eval mode and must return
 logits ``(N, 1, S, S)``.
@@ -30,6 +31,7 @@ from torch import nn
 
 from lightning_bts.data.preprocess import preprocess_image
 from lightning_bts.errors import ConfigError, UserError
+from lightning_bts.evaluation.backends import check_backend, on_backend
 from lightning_bts.evaluation.postprocess import PostProcessing
 from lightning_bts.evaluation.settings import InferenceSettings, resolve_settings
 from lightning_bts.training.checkpoints import CheckpointInfo, Preprocessing, load_members
@@ -105,6 +107,8 @@ class Predictor:
         postprocessing: how :meth:`masks` turns probabilities into masks (default: the paper's rule).
         sources: what the checkpoints behind ``models`` record (:meth:`from_checkpoints` fills it).
         settings_source: where ``tta`` and ``postprocessing`` came from (see :class:`InferenceSettings`).
+        backend: what runs ``models`` (:data:`~lightning_bts.evaluation.backends.BACKENDS`); recorded here,
+            :meth:`from_checkpoints` converts them.
     """
 
     def __init__(
@@ -117,11 +121,13 @@ class Predictor:
         postprocessing: PostProcessing | None = None,
         sources: Sequence[CheckpointInfo] = (),
         settings_source: str = "default",
+        backend: str = "torch",
     ) -> None:
         if not models:
             raise InferenceError("a Predictor needs at least one model")
         self.device = resolve_device(device)
         self.precision = check_precision(precision)
+        self.backend = check_backend(backend, self.device, self.precision)
         self.models = [model.eval().to(self.device) for model in models]
         self.preprocessing = preprocessing
         self.tta = tta
@@ -138,22 +144,26 @@ class Predictor:
         tta: bool | None = None,
         postprocessing: PostProcessing | None = None,
         threshold: float | None = None,
+        backend: str = "torch",
     ) -> Predictor:
         """Loads ``paths`` as an ensemble with the settings they store; arguments other than ``None`` override.
 
-        The device and precision are checked before any file is read.
+        The device, precision and backend are checked before any file is read.
 
         Raises:
-            InferenceError: a device that is not available. ConfigError: an unknown precision or bad override.
+            InferenceError: a device that is not available. ConfigError: an unknown precision, backend or bad
+            override. BackendError: a backend that cannot run here as asked.
             CheckpointError: see :func:`lightning_bts.training.checkpoints.load_members` and
             :func:`lightning_bts.evaluation.settings.resolve_settings`.
         """
         device = resolve_device(device)
-        check_precision(precision)
+        check_backend(backend, device, check_precision(precision))
         models, infos = load_members(paths, map_location=device)
         settings = resolve_settings(infos, postprocessing, threshold, tta)
-        return cls(models, infos[0].preprocessing, device, settings.tta, precision, settings.postprocessing,
-                   infos, settings.source)
+        preprocessing = infos[0].preprocessing
+        models = on_backend(models, backend, preprocessing.image_size, preprocessing.in_channels)
+        return cls(models, preprocessing, device, settings.tta, precision, settings.postprocessing, infos,
+                   settings.source, backend)
 
     @property
     def settings(self) -> InferenceSettings:
@@ -162,7 +172,7 @@ class Predictor:
     def with_tta(self, tta: bool) -> Predictor:
         """The same models and settings with flip TTA on or off (models are shared, not copied)."""
         return Predictor(self.models, self.preprocessing, self.device, tta, self.precision, self.postprocessing,
-                         self.sources, self.settings_source)
+                         self.sources, self.settings_source, self.backend)
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor | np.ndarray) -> np.ndarray:

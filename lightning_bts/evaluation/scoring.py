@@ -181,12 +181,14 @@ def evaluate_checkpoints(
     postprocessing: PostProcessing | None = None,
     pixel_spacing: Sequence[float] | None = None,
     bootstrap: int = DEFAULT_RESAMPLES,
+    backend: str = "torch",
 ) -> Evaluation:
     """Evaluate checkpoint(s) on their own part (``val`` by default; ``test``: the held-out patients), or on
     every slice of another dataset folder (``data_root``).
 
     TTA and post-processing are those stored with the checkpoints unless ``tta``, ``postprocessing`` or
     ``threshold`` override them. ``bootstrap``: resamples of the patients for the 95 % intervals (0: none).
+    ``backend``: what runs the networks (:mod:`lightning_bts.evaluation.backends`).
     Everything is read and checked before anything is computed.
 
     Raises:
@@ -194,7 +196,7 @@ def evaluate_checkpoints(
             :func:`lightning_bts.evaluation.data.evaluation_data`.
         DatasetError: the dataset folder is missing, lacks masks, or has bad files.
     """
-    predictor = Predictor.from_checkpoints(paths, device, precision, tta, postprocessing, threshold)
+    predictor = Predictor.from_checkpoints(paths, device, precision, tta, postprocessing, threshold, backend)
     datamodule, part = evaluation_data(predictor.sources, data_root, part, batch_size, cache_dir)
     evaluation = evaluate(predictor, datamodule, part, pixel_spacing, keep_predictions, bootstrap)
     evaluation.metrics["checkpoints"] = [str(path) for path in paths]
@@ -205,12 +207,13 @@ def evaluate_checkpoints(
 
 
 def settings_entries(predictor: Predictor) -> dict[str, Any]:
-    """What metrics.json records of the predictor: post-processing, TTA and where they came from, precision."""
+    """What metrics.json records of the predictor: post-processing, TTA and where they came from, precision,
+    backend."""
     return {
         "threshold": predictor.postprocessing.threshold, "postprocessing": predictor.postprocessing.as_dict(),
         "postprocessing_rule": predictor.postprocessing.describe(), "tta": predictor.tta,
         "settings_source": predictor.settings_source, "inference_precision": predictor.precision,
-        "ensemble_size": len(predictor.models),
+        "backend": predictor.backend, "ensemble_size": len(predictor.models),
     }
 
 
