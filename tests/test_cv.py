@@ -1,4 +1,5 @@
-"""Cross-validation runner and report: 2 folds x 2 losses x 2 short epochs on the sample at 32x32."""
+"""Cross-validation runner and report: 2 folds x 2 losses x 2 short epochs on the sample at 32x32 (the module
+fixture trains 4 runs: those tests are in the full suite, not the fast tier)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def experiment(tmp_path_factory):
     return out, records, weights
 
 
+@pytest.mark.slow
 def test_every_fold_and_loss_ran_and_wrote_its_results(experiment):
     out, records, _ = experiment
     assert [(r["fold"], r["loss"]) for r in records] == [(0, "focal"), (0, "bce"), (1, "focal"), (1, "bce")]
@@ -62,6 +64,7 @@ def test_every_fold_and_loss_ran_and_wrote_its_results(experiment):
     assert (out / ".gitignore").read_text().count("runs/") == 1
 
 
+@pytest.mark.slow
 def test_no_patient_group_in_two_folds_and_same_folds_for_every_loss(experiment):
     out, records, _ = experiment
     group_of = load_records(SAMPLE_ROOT).set_index("key")["patient_group"]
@@ -77,6 +80,7 @@ def test_no_patient_group_in_two_folds_and_same_folds_for_every_loss(experiment)
         assert not train_groups & val_groups  # no patient in training and validation of one fold
 
 
+@pytest.mark.slow
 def test_every_run_starts_from_the_same_fresh_seeded_weights(experiment):
     out, _, weights = experiment
     assert [(loss, fold) for loss, fold, _ in weights.runs] == [("focal", 0), ("bce", 0), ("focal", 1), ("bce", 1)]
@@ -91,6 +95,7 @@ def test_every_run_starts_from_the_same_fresh_seeded_weights(experiment):
     assert not all(torch.equal(trained[k].cpu(), fresh[k]) for k in fresh)
 
 
+@pytest.mark.slow
 def test_fold_metrics_are_those_of_the_last_epoch(experiment):
     _, records, _ = experiment
     for record in records:
@@ -104,6 +109,7 @@ def test_fold_metrics_are_those_of_the_last_epoch(experiment):
         assert record["config"]["image_size"] == 32 and record["config"]["precision"] == "32-true"
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_runs_and_reruns_unfinished_ones(experiment, monkeypatch):
     out, _, _ = experiment
     calls = []
@@ -134,6 +140,7 @@ def test_resume_skips_finished_runs_and_reruns_unfinished_ones(experiment, monke
         finished.write_bytes(saved)
 
 
+@pytest.mark.slow
 def test_bad_arguments_and_another_experiment_are_refused(experiment, tmp_path):
     out, _, _ = experiment
     with pytest.raises(cv.CVError, match="--data.fold is set by the cross-validation runner"):
@@ -152,6 +159,7 @@ def test_command_line_forwards_unknown_arguments_in_order():
     assert forwarded == ["--config", "a.yaml", "--trainer.max_epochs", "3", "--data.image_size=64"]
 
 
+@pytest.mark.slow
 def test_report(experiment, tmp_path):
     source, _, _ = experiment
     out = tmp_path / "copy"
