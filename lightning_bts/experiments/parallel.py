@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_bts.experiments.runs import CVError
-from lightning_bts.tune.cluster import _cluster_is_this_machine, accelerator_for, check_resources, connect
+from lightning_bts.tune.cluster import accelerator_for, check_resources, cluster_is_this_machine, connect
 from lightning_bts.tune.settings import Resources
 from lightning_bts.tune.space import TuneSetupError
 
@@ -135,7 +135,7 @@ def run_on_ray(settings: RaySettings, runs: Sequence[tuple[str, Path, Mapping[st
         if not path.is_file():
             for other in in_flight:
                 ray.cancel(other, force=True)
-            where = "" if _cluster_is_this_machine() else " (this Ray cluster spans several machines)"
+            where = "" if cluster_is_this_machine() else " (this Ray cluster spans several machines)"
             raise CVError(f"run {name} finished on node {node}, but its result {path} is not there as this driver "
                           f"sees it{where}: --out must be a folder every Ray node reaches at the same absolute path "
                           "(a shared filesystem); a node-local folder keeps each run's results on the node "

@@ -165,7 +165,7 @@ def _ray_is_connected() -> bool:
     return ray.is_initialized()
 
 
-def _cluster_is_this_machine() -> bool:
+def cluster_is_this_machine() -> bool:
     """True when every Ray node runs here, so a path missing here is missing for every trial."""
     import ray
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from lightning_bts.tune.cluster import (
-    _cluster_is_this_machine,
     _live_node_resources,
     _ray_is_connected,
     _worker_room,
     accelerator_for,
     check_resources,
     check_workers,
+    cluster_is_this_machine,
     connect,
     trial_env,
 )
@@ -73,7 +73,7 @@ def run_sweep(settings: SweepSettings, tune_callbacks: Sequence[Any] = ()) -> Sw
     if local:
         _check_root(root)  # before the seconds a local Ray takes to start
     connect(settings.address, settings.num_cpus, settings.connect_timeout_s)
-    if not local and _cluster_is_this_machine():
+    if not local and cluster_is_this_machine():
         _check_root(root)
     check_resources(settings.resources, settings.workers_per_trial)
     env = trial_env(settings.resources, accelerator, settings.trial_env)
