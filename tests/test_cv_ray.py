@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 import torch
 from pytorch_lightning import Callback
 
+from lightning_bts.errors import ConfigError
 from lightning_bts.experiments import cv
 from lightning_bts.experiments.parallel import RaySettings, check_settings, settings_from_args
 from lightning_bts.experiments.report import build_report
@@ -181,10 +183,16 @@ def crash_once(marker: Path) -> Callback:
     return CrashOnce()
 
 
-def fail_always() -> Callback:
+def fail_always(attempts: Path | None = None, error: type[Exception] = RuntimeError) -> Callback:
+    """Fault injection: every run fails as training starts, with ``error``; each attempt leaves a file in
+    ``attempts`` (so a test can count Ray's retries)."""
+
     class FailAlways(Callback):
         def on_train_start(self, trainer, pl_module) -> None:
-            raise RuntimeError("injected permanent failure")
+            if attempts is not None:
+                attempts.mkdir(exist_ok=True)
+                (attempts / f"{os.getpid()}_{time.monotonic_ns()}").touch()
+            raise error("injected permanent failure")
 
     return FailAlways()
 
@@ -241,9 +249,10 @@ def test_repeated_command_skips_finished_runs_and_a_failed_run_is_named(on_ray, 
 
     (out / "folds" / "bce_fold1.json").unlink()
     (out / "report.md").unlink(missing_ok=True)
-    monkeypatch.setattr(cv, "run_cv", functools.partial(cv.run_cv, callbacks=[fail_always()]))
-    with pytest.raises(RunsFailed, match=r"1 run\(s\) failed after 0 retries: bce_fold1 \(RuntimeError: injected "
-                                         r"permanent failure\)") as error:
+    run_cv = cv.run_cv
+    monkeypatch.setattr(cv, "run_cv", functools.partial(run_cv, callbacks=[fail_always()]))
+    with pytest.raises(RunsFailed, match=r"1 run\(s\) failed \(a crash is retried 0 time\(s\), bad input not at "
+                                         r"all\): bce_fold1 \(RuntimeError: injected permanent failure\)") as error:
         cv.main(["--out", str(out), "--num-folds", "2", "--report", "--address", "local", "--retries", "0",
                  *on_ray["args"]])
     assert error.value.finished == 3
@@ -251,6 +260,14 @@ def test_repeated_command_skips_finished_runs_and_a_failed_run_is_named(on_ray, 
     assert "The 3 finished run(s)" in str(error.value)
     assert "## Paired comparison" in (out / "report.md").read_text()  # the report of the runs that finished
     assert "[cv] bce_fold1: failed after 1 attempt(s)" in capsys.readouterr().out
+
+    # bad input fails the same way every time: Ray does not retry it, whatever --retries says
+    attempts = on_ray["root"] / "attempts"
+    monkeypatch.setattr(cv, "run_cv", functools.partial(run_cv, callbacks=[fail_always(attempts, ConfigError)]))
+    with pytest.raises(RunsFailed, match=r"bce_fold1 \(ConfigError: injected permanent failure\)"):
+        cv.main(["--out", str(out), "--num-folds", "2", "--address", "local", "--retries", "2", *on_ray["args"]])
+    assert len(list(attempts.iterdir())) == 1
+    assert "[cv] bce_fold1: failed (not retried: the input or an option is wrong)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -307,7 +307,8 @@ def run_cv(
         collect(out_dir)
     if failed:
         listing = "; ".join(f"{name} ({reason})" for name, reason in failed.items())
-        raise RunsFailed(f"{len(failed)} run(s) failed after {ray.retries} retries: {listing}. The {len(records)} "
+        raise RunsFailed(f"{len(failed)} run(s) failed (a crash is retried {ray.retries} time(s), bad input not at "
+                         f"all): {listing}. The {len(records)} "
                          f"finished run(s) are in {out_dir}; re-run the same command to retry the failed ones",
                          finished=len(records))
     return records

@@ -10,7 +10,8 @@ after the task returned, stops with a :class:`CVError` naming the path and the n
 
 Connecting, the accelerator check and the check of a run's resources against the cluster's nodes are the sweep's
 (:mod:`lightning_bts.tune.cluster`); Ray does the scheduling and the retries (``max_retries``, also of a task
-whose worker or node died).
+whose worker or node died). A run stopped by a :class:`~lightning_bts.errors.UserError` (bad input, which fails
+the same way every time) is not retried.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning_bts.errors import UserError
 from lightning_bts.experiments.runs import CVError
 from lightning_bts.tune.cluster import accelerator_for, check_resources, cluster_is_this_machine, connect
 from lightning_bts.tune.settings import Resources
@@ -127,10 +129,14 @@ def run_on_ray(settings: RaySettings, runs: Sequence[tuple[str, Path, Mapping[st
         (ref,), _ = ray.wait(list(in_flight), num_returns=1)
         name, path = in_flight.pop(ref)
         try:
-            record, node = ray.get(ref)
+            record, node, user_error = ray.get(ref)
         except ray.exceptions.RayError as error:
             failed[name] = _reason(error)
             print(f"[cv] {name}: failed after {settings.retries + 1} attempt(s): {failed[name]}", flush=True)
+            continue
+        if user_error:
+            failed[name] = user_error
+            print(f"[cv] {name}: failed (not retried: the input or an option is wrong): {user_error}", flush=True)
             continue
         if not path.is_file():
             for other in in_flight:
@@ -145,16 +151,22 @@ def run_on_ray(settings: RaySettings, runs: Sequence[tuple[str, Path, Mapping[st
     return finished, failed
 
 
-def _task(run_one: Callable[..., dict[str, Any]], kwargs: dict[str, Any], threads: int) -> tuple[dict, str]:
-    """One run in a Ray worker: torch on the run's CPUs, then ``run_one``; returns its record and the node."""
+def _task(run_one: Callable[..., dict[str, Any]], kwargs: dict[str, Any],
+          threads: int) -> tuple[dict | None, str, str | None]:
+    """One run in a Ray worker: torch on the run's CPUs, then ``run_one``; returns its record, the node and, for a
+    :class:`UserError` (a missing file, a bad option: the same on every attempt), its message instead of raising
+    it, so that Ray retries only what may pass another time (a crash, a lost worker or node)."""
     import socket
 
     import ray
     import torch
 
+    node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
     torch.set_num_threads(threads)
-    record = run_one(**kwargs)
-    return record, f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    try:
+        return run_one(**kwargs), node, None
+    except UserError as error:
+        return None, node, f"{type(error).__name__}: {error}"
 
 
 def _describe(settings: RaySettings) -> str:
