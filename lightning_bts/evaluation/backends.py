@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import warnings
 
 import numpy as np
@@ -69,10 +70,17 @@ def onnx_program(net: nn.Module, example: torch.Tensor):
     except ImportError as error:
         raise BackendError("ONNX export needs onnx and onnxscript: pip install 'lightning_bts[export]'") from error
     batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.onnx.export(net, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                 dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET, dynamo=True, verbose=False)
+    exporter_log = logging.getLogger("torch.onnx")  # its notes on torchvision ops the U-Net does not use
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(net, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                     dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET, dynamo=True,
+                                     verbose=False)
+    finally:
+        exporter_log.setLevel(level)
 
 
 def onnxruntime_session(model: bytes | str, threads: int | None = None):
