@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine with only Python 3.10+:
 #   make run    - build .venv, then train on the shipped sample (a few minutes on CPU)
 #   make test   - build .venv, then run the whole test suite (what CI runs)
-#   make test-fast - the tests not marked slow: no training beyond a few steps (for every edit; 2.5 minutes
+#   make test-fast - the tests not marked slow: no training beyond a few steps (for every edit; 2.7 minutes
 #                    on a quiet 2-core machine, the 25 slowest listed so that a slow newcomer shows)
 PYTHON ?= python3
 VENV ?= .venv
