@@ -5,7 +5,8 @@ writes: float32 images in 0..255 in, logits out, a dynamic batch axis) and runs 
 execution provider, whose graph optimiser fuses convolutions with their bias and ReLU, as Keras' Grappler pass
 does. The converted network is wrapped as an ``nn.Module``, so the :class:`~lightning_bts.evaluation.Predictor`
 treats it like any other model: flip TTA, ensembling and post-processing keep their one definition. Whether
-it is faster here, and by how much, is measured by ``benchmarks/cpu_vs_keras.py`` (inference rows).
+it is faster here, and by how much, is measured by ``benchmarks/inference_backends.py``
+(``reports/benchmark_inference.md``).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     """``--backend``, the same for predict.py and evaluate.py."""
     parser.add_argument("--backend", default="torch", choices=BACKENDS,
                         help="what runs the network: torch (default; any device and precision) or onnxruntime (the "
-                        "exported float32 graph on the CPU; the same masks, see benchmarks/cpu_vs_keras.py for "
-                        "its speed here)")
+                        "exported float32 graph on the CPU; the same masks, see benchmarks/inference_backends.py "
+                        "for its speed here)")
 
 
 def plain_network(model: nn.Module) -> nn.Module:
@@ -89,7 +90,8 @@ def onnxruntime_session(model: bytes | str, threads: int | None = None):
     try:
         import onnxruntime
     except ImportError as error:
-        raise BackendError("--backend onnxruntime needs onnxruntime: pip install 'lightning_bts[export]'") from error
+        raise BackendError("running an ONNX graph (--backend onnxruntime, or checking an export) needs onnxruntime: "
+                           "pip install 'lightning_bts[export]'") from error
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
