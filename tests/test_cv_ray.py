@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pytorch_lightning import Callback
 
 from lightning_bts.errors import ConfigError
 from lightning_bts.experiments import cv
@@ -26,6 +22,7 @@ from lightning_bts.experiments.parallel import RaySettings, check_settings, sett
 from lightning_bts.experiments.report import build_report
 from lightning_bts.experiments.runs import CVError, RunsFailed, run_name
 from lightning_bts.experiments.seeds import mean_over_seeds, seed_lines, seed_spread, seed_values
+from tests.faults import crash_once, fail_always
 from tests.test_cv import TRAIN_ARGS
 
 # ------------------------------------------------------------------------------------------- bad settings
@@ -168,33 +165,6 @@ def ray_session():
     ray.shutdown()
 
 
-def crash_once(marker: Path) -> Callback:
-    """Fault injection: the first run to end a validation epoch raises, once across processes (the first to
-    create ``marker``). Local to this function so that it is pickled by value to the Ray workers."""
-
-    class CrashOnce(Callback):
-        def on_validation_end(self, trainer, pl_module) -> None:
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                return
-            raise RuntimeError(f"injected run failure ({marker}); Ray should retry this run")
-
-    return CrashOnce()
-
-
-def fail_always(attempts: Path | None = None, error: type[Exception] = RuntimeError) -> Callback:
-    """Fault injection: every run fails as training starts, with ``error``; each attempt leaves a file in
-    ``attempts`` (so a test can count Ray's retries)."""
-
-    class FailAlways(Callback):
-        def on_train_start(self, trainer, pl_module) -> None:
-            if attempts is not None:
-                attempts.mkdir(exist_ok=True)
-                (attempts / f"{os.getpid()}_{time.monotonic_ns()}").touch()
-            raise error("injected permanent failure")
-
-    return FailAlways()
 
 
 @pytest.fixture(scope="module")

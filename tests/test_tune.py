@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 ray = pytest.importorskip("ray")
-from pytorch_lightning import Callback as TrainingCallback  # noqa: E402
+
 from ray.tune import Callback  # noqa: E402
 
 from lightning_bts.tune import (  # noqa: E402
@@ -34,6 +34,7 @@ from lightning_bts.tune import (  # noqa: E402
     validate_space,
 )
 from tests.conftest import REPO, SAMPLE_ROOT  # noqa: E402
+from tests.faults import crash_once  # noqa: E402
 
 pytestmark = pytest.mark.tune
 
@@ -78,24 +79,6 @@ def trials(result) -> pd.DataFrame:
     return pd.read_csv(result.trials_csv)
 
 
-def crash_once(marker: Path) -> TrainingCallback:
-    """Fault injection: the first trial to finish a validation epoch raises once, after the callbacks before it
-    reported to Tune (and saved the checkpoint the retried trial resumes from); in a multi-worker trial rank 0
-    raises. Once across processes: the first to create ``marker`` raises. Passed to every trial's Trainer
-    (``SweepSettings.callbacks``); a class local to this function, so that it is pickled by value and the trial
-    processes need not import this test module."""
-
-    class CrashOnce(TrainingCallback):
-        def on_validation_end(self, trainer, pl_module) -> None:
-            if trainer.sanity_checking or not trainer.is_global_zero:
-                return
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                return
-            raise RuntimeError(f"injected trial failure ({marker}); Tune should retry this trial")
-
-    return CrashOnce()
 
 
 # ------------------------------------------------------------------------------------------------ bad input
