@@ -13,10 +13,12 @@ import pytest
 
 # The suite imports TensorFlow (Keras parity) and torch_xla (XLA paths) into one process. Both bundle LLVM, and
 # torch_xla imported after TensorFlow aborts the process ("LLVM ERROR: inconsistency in registered CommandLine
-# options"); the other order works. Runs of the package never need both, so the tests put torch_xla first.
+# options"); the other order works. lightning_bts.keras.reference.import_keras, the one way the package and the
+# tests load TensorFlow, imports torch_xla first, and runs write TensorBoard files without TensorFlow
+# (training.console.tensorboard_without_tensorflow); importing torch_xla here as well would cost every session,
+# the fast tier's included, about 4 s. tests/test_keras_parity.py checks the order.
 if importlib.util.find_spec("torch_xla") is not None:
     os.environ.setdefault("PJRT_DEVICE", "CPU")  # what torch_xla picks here anyway, without its warning
-    import torch_xla  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = REPO / "data" / "sample"

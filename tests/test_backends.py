@@ -30,10 +30,11 @@ def slices(trained) -> list[np.ndarray]:
     return [read_image(path) for path in sorted((root / "images").iterdir())[:6]]
 
 
-@pytest.mark.parametrize("tta", [False, True])
-def test_onnxruntime_gives_the_probabilities_and_masks_of_torch(trained, slices, tta):
+# Each member is exported to ONNX when the Predictor loads (about 7 s here): the fast tier exports one.
+@pytest.mark.parametrize("tta, members", [(False, 1), pytest.param(True, 2, marks=pytest.mark.slow)])
+def test_onnxruntime_gives_the_probabilities_and_masks_of_torch(trained, slices, tta, members):
     checkpoint, _ = trained
-    members = [checkpoint, checkpoint]  # an ensemble: the averaging stays the Predictor's
+    members = [checkpoint] * members  # two: an ensemble, whose averaging stays the Predictor's
     torch_predictor = Predictor.from_checkpoints(members, tta=tta)
     ort_predictor = Predictor.from_checkpoints(members, tta=tta, backend="onnxruntime")
     assert all(isinstance(model, OnnxRuntimeNetwork) for model in ort_predictor.models)
@@ -46,6 +47,7 @@ def test_onnxruntime_gives_the_probabilities_and_masks_of_torch(trained, slices,
         np.testing.assert_array_equal(have, want)
 
 
+@pytest.mark.slow  # one more ONNX export; the fast tier checks the probabilities above and predict.py below
 def test_evaluate_scores_the_same_with_either_backend(trained, tmp_path):
     checkpoint, _ = trained
     plain = evaluate_checkpoints([checkpoint], device="cpu", bootstrap=0)

@@ -7,6 +7,7 @@ cannot work), run as a subprocess exactly as a user runs the script.
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-# Each case starts a Python process (about 12 s of imports here); one stays in the fast tier, the rest are slow.
-FAST_CASE = "fit"
-CASES = [case if case == FAST_CASE else pytest.param(case, marks=pytest.mark.slow)
-         for case in sorted(_cases(Path("/x")))]
-
-
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.slow  # each case starts a Python process (about 14 s of imports here)
+@pytest.mark.parametrize("case", sorted(_cases(Path("/x"))))
 def test_user_error_prints_one_line_and_exits_2(case, tmp_path):
     args, expected = _cases(tmp_path)[case]
     script = case.removesuffix("_bad_fold")
@@ -54,6 +50,20 @@ def test_user_error_prints_one_line_and_exits_2(case, tmp_path):
     assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
     last = completed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, completed.stderr[-3000:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_fit_script_reports_a_user_error_in_one_line(tmp_path, monkeypatch, capsys):
+    """The fast tier's form of the cases above: scripts/fit.py run as ``__main__`` in this process (the imports
+    are already paid), so the script's own wiring to ``run_main`` is what is checked."""
+    args, expected = _cases(tmp_path)["fit"]
+    monkeypatch.setattr(sys, "argv", ["scripts/fit.py", *args])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "scripts" / "fit.py"), run_name="__main__")
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2, stderr[-3000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("error: ")
+    assert expected in stderr.strip().splitlines()[-1]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))
 
 

@@ -35,6 +35,7 @@ def trained(tmp_path_factory):
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.num_sanity_val_steps", "0",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--precision", "32-true", "--output_dir", str(out / "runs"), "--run_name", "r", "--version", "v",
+        "--preview_slices", "0",
     ]))
     return out, result
 
@@ -113,18 +114,25 @@ def test_held_out_test_part(trained, tmp_path):
     assert sorted(per_image["key"]) == sorted(split.test)
 
 
-def test_ensemble_threshold_and_other_dataset(trained, tmp_path):
+def test_threshold_on_another_dataset(trained):
+    _, result = trained
+    single = evaluate_checkpoints([result.last_checkpoint], data_root=SAMPLE_ROOT, device="cpu", bootstrap=0)
+    assert single.metrics["n_images"] == 129 and single.metrics["part"] == "all"
+    strict = evaluate_checkpoints([result.last_checkpoint], data_root=SAMPLE_ROOT, device="cpu", threshold=0.9,
+                                  bootstrap=0)
+    # the threshold is applied: fewer pixels pass 0.9 than 0.5 (equal counts would also pass a "<=")
+    assert strict.per_image["predicted_pixels"].sum() < single.per_image["predicted_pixels"].sum()
+    assert strict.metrics["threshold"] == 0.9 and single.metrics["threshold"] == 0.5
+
+
+@pytest.mark.slow  # seven evaluations of the sample (about 8 s)
+def test_ensembles_and_the_in_process_form(trained, tmp_path):
     _, result = trained
     single = evaluate_checkpoints([result.last_checkpoint], data_root=SAMPLE_ROOT, device="cpu")
-    assert single.metrics["n_images"] == 129 and single.metrics["part"] == "all"
     twice = evaluate_checkpoints([result.last_checkpoint] * 2, data_root=SAMPLE_ROOT, device="cpu")
     assert twice.metrics["ensemble_size"] == 2
     for name in RATIOS:  # the mean probability of identical members is the member's probability
         assert twice.metrics[name] == pytest.approx(single.metrics[name], abs=1e-6)
-    strict = evaluate_checkpoints([result.last_checkpoint], data_root=SAMPLE_ROOT, device="cpu", threshold=0.9)
-    # the threshold is applied: fewer pixels pass 0.9 than 0.5 (equal counts would also pass a "<=")
-    assert strict.per_image["predicted_pixels"].sum() < single.per_image["predicted_pixels"].sum()
-    assert strict.metrics["threshold"] == 0.9 and single.metrics["threshold"] == 0.5
 
     predictor = Predictor.from_checkpoints([result.last_checkpoint])
     datamodule, part = evaluation_data(predictor.sources)

@@ -47,7 +47,8 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
             "--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar",
             "false", "--trainer.enable_model_summary", "false", "--precision", "32-true",
-            "--trainer.default_root_dir", str(base / "run"), "--output_dir", str(base / "unused")]))
+            "--trainer.default_root_dir", str(base / "run"), "--output_dir", str(base / "unused"),
+            "--preview_slices", "0"]))
     return checkpoint, root
 
 

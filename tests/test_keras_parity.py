@@ -130,6 +130,7 @@ def test_round_trip_torch_keras_torch_is_exact(keras_reference, tmp_path):
         assert torch.equal(back.state_dict()[name], value), name
 
 
+@pytest.mark.slow  # a subprocess that imports torch and h5py (about 5 s)
 def test_keras_io_works_without_tensorflow(keras_files, tmp_path):
     """Conversion needs h5py only: import and use keras_io with TensorFlow and Keras made unimportable."""
     code = (

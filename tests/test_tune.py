@@ -134,6 +134,7 @@ def test_inconsistent_resources_are_rejected(resources, accelerator, message):
     assert message in str(error.value)
 
 
+@pytest.mark.slow  # starts Ray (about 8 s); the checks without a cluster above are the fast tier's
 def test_resources_are_checked_against_the_cluster(ray_session):
     check_resources(Resources(cpus=2))
     with pytest.raises(TuneSetupError, match=r"asks for 3 CPU .* largest node .* has 2 CPU"):
@@ -158,6 +159,7 @@ def test_bad_worker_counts_are_rejected(workers, accelerator, message):
     assert message in str(error.value)
 
 
+@pytest.mark.slow  # starts Ray (about 8 s)
 def test_impossible_sweep_fails_before_any_trial(ray_session, tmp_path, cache_dir):
     start = time.monotonic()
     with pytest.raises(TuneSetupError, match="largest node"):
