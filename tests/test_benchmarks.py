@@ -48,14 +48,18 @@ def test_dry_run_on_the_cpu_writes_the_protocol_and_the_report(tiny_dataset, tmp
 def test_cpu_benchmark_prints_the_ratio_json_last(tiny_dataset, tmp_path):
     pytest.importorskip("tensorflow")
     out = tmp_path / "bench.md"
-    run = subprocess.run([sys.executable, "benchmarks/cpu_vs_keras.py", "--sizes", "32", "--batch", "2", "--warmup",
-                          "1", "--steps", "1", "--data-root", str(tiny_dataset), "--out", str(out)],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "benchmarks/cpu_vs_keras.py", "--sizes", "32", "--precisions", "fp32",
+                          "--batch", "2", "--warmup", "1", "--steps", "1", "--data-root", str(tiny_dataset),
+                          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     ratios = json.loads(run.stdout.strip().splitlines()[-1])
-    assert set(ratios) == {"train_fp32_32", "train_best_32", "infer_fp32_32", "infer_best_32", "data_over_train"}
+    assert set(ratios) == {"train_fp32_32", "train_best_32", "infer_fp32_32", "infer_best_32",
+                           "train_rss_ratio_32", "data_over_train"}
     assert all(value > 0 for value in ratios.values())
-    assert "Where a torch training step's time goes" in out.read_text()
+    report = out.read_text()
+    for section in ("Where the time goes", "| encoder 0 |", "| decoder 3 transposed |", "convolution backward",
+                    "GFLOP/s", "oneDNN kernels", "Keras jit fp32", "Peak resident memory"):
+        assert section in report, section
 
 
 @pytest.mark.slow
@@ -74,3 +78,44 @@ def test_inference_backends_benchmark_reports_every_backend_and_equal_masks(tmp_
     # the shipped model gives the same masks with ONNX Runtime as with PyTorch
     onnx_row = next(line for line in table.splitlines() if line.startswith("| 128 | onnxruntime | 32-true |"))
     assert onnx_row.endswith("| 0.0000 % |"), onnx_row
+
+
+def test_onednn_verbose_lines_are_summed_per_kernel_and_per_step():
+    from benchmarks.step_anatomy import onednn_summary
+
+    lines = [
+        "onednn_verbose,v1,info,oneDNN v3.7.1",
+        "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,brg_conv_fwd:avx2,forward_training,x,y,z,0.5",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx2,forward_training,src,wei,dst,mb2,1.5",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx2,forward_training,src,wei,dst,mb2,2.5",
+        "onednn_verbose,exec,cpu,reorder,jit:uni,undef,src,dst,,,2x3,0.25",  # the older format
+        "Epoch 1/10 - not oneDNN",
+    ]
+    rows = onednn_summary(lines, steps=2)
+    assert rows == [
+        {"primitive": "convolution", "implementation": "brg_conv_fwd:avx2", "calls": 1.0, "ms": 2.0},
+        {"primitive": "reorder", "implementation": "jit:uni", "calls": 0.5, "ms": 0.125},
+    ]
+
+
+def test_step_anatomy_times_every_convolution_level_and_counts_the_step():
+    import torch
+
+    from benchmarks.cpu_workers import torch_steps
+    from benchmarks.step_anatomy import layer_times, operator_classes, saved_activation_bytes, step_flops
+
+    model, images, train_step, _, forward_loss = torch_steps(size=32, batch=1, best=False)
+    levels = layer_times(model, images, repeats=1)
+    assert set(levels) == {*(f"encoder {i}" for i in range(4)), "bottleneck", *(f"decoder {i}" for i in range(4)),
+                           *(f"decoder {i} transposed" for i in range(4)), "head"}
+    assert all(times["forward"] > 0 and times["backward"] > 0 for times in levels.values())
+    classes = operator_classes(train_step, steps=1)
+    assert set(classes) == {"convolution forward", "convolution backward", "other operators", "optimiser step"}
+    assert classes["convolution backward"] > 0 and classes["optimiser step"] > 0
+    with torch.no_grad():
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as forward_only:
+            model(images)
+    assert step_flops(train_step) > 2.5 * forward_only.get_total_flops()  # backward costs about twice forward
+    assert saved_activation_bytes(forward_loss) > images.nbytes
