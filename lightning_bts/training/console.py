@@ -44,13 +44,16 @@ def quiet_lightning() -> None:
     """Drop Lightning's lines about absent accelerators and its advertisement (idempotent).
 
     Also silences the CSV logger's "exists and is not empty" warning: a run folder here is claimed fresh by
-    :func:`lightning_bts.training.cli.claim_run_dir` and already holds ``config.yaml`` when the logger looks at it.
+    :func:`lightning_bts.training.cli.claim_run_dir` and already holds ``config.yaml`` when the logger looks at it;
+    and the model summary's note that it cannot size bf16-mixed parameters (autocast keeps them fp32, as it counts).
     """
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # bf16 runs (the default on CPUs with AMX): the summary sizes parameters as fp32, which they are; nothing to act on.
+    warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
 
 
 class RunHeader(Callback):
