@@ -13,12 +13,13 @@ import pytest
 
 # The suite imports TensorFlow (Keras parity) and torch_xla (XLA paths) into one process. Both bundle LLVM, and
 # torch_xla imported after TensorFlow aborts the process ("LLVM ERROR: inconsistency in registered CommandLine
-# options"); the other order works. lightning_bts.keras.reference.import_keras, the one way the package and the
-# tests load TensorFlow, imports torch_xla first, and runs write TensorBoard files without TensorFlow
-# (training.console.tensorboard_without_tensorflow); importing torch_xla here as well would cost every session,
-# the fast tier's included, about 4 s. tests/test_keras_parity.py checks the order.
+# options"); the other order works. lightning_bts.keras.reference.import_keras imports torch_xla first, but any
+# other way TensorFlow reaches the session (a test's own `import keras`, TensorBoard probing for it) aborts the whole
+# run at the next XLA test: a full run on a fresh clone did, in test_tune.py, when this import was left out. So the
+# session loads torch_xla first, whatever the order of the tests (about 4 s, the fast tier's included).
 if importlib.util.find_spec("torch_xla") is not None:
     os.environ.setdefault("PJRT_DEVICE", "CPU")  # what torch_xla picks here anyway, without its warning
+    import torch_xla  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = REPO / "data" / "sample"

@@ -216,9 +216,9 @@ def test_losses_at_saturated_logits(slices):
     assert abs(focal - keras_loss_value("focal", logits, slices.masks, False)) <= 1e-4 * focal
 
 
-def test_keras_adam_takes_keras_steps_exactly():
+def test_keras_adam_takes_keras_steps_exactly(keras_reference):
     """KerasAdam == keras.optimizers.Adam to float64 rounding; stock torch Adam is measurably different."""
-    import keras
+    keras = keras_reference.import_keras()
 
     rng = np.random.default_rng(0)
     start = rng.normal(size=64)
