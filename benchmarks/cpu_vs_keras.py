@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=REPO / "data" / "sample")
     parser.add_argument("--out", type=Path, help="write the report as Markdown here")
     args = parser.parse_args(argv)
+    if "fp32" not in args.precisions:
+        parser.error("--precisions must include fp32: the memory table and where the time goes are fp32 measurements")
 
     results = measure(args)
     largest = max(args.sizes)

@@ -2,9 +2,10 @@
 
     python benchmarks/cpu_workers.py '{"framework": "torch", "size": 256, "batch": 16, "best": false}'
 
-A fresh process per measurement keeps the frameworks apart (TensorFlow and torch never share a process here)
-and makes the peak resident memory (``ru_maxrss``) that of this measurement alone: imports, model, and the
-training steps. The last line printed is one JSON object. With ``"train_steps": N`` the worker only runs N
+A fresh process per measurement keeps the frameworks apart (TensorFlow never runs in a torch measurement's
+process; a Keras worker imports torch only because the package does, and runs nothing with it) and makes the
+peak resident memory (``ru_maxrss``) that of this measurement alone: imports, model, and the training steps.
+The last line printed is one JSON object. With ``"train_steps": N`` the worker only runs N
 training steps (for ``ONEDNN_VERBOSE=1``, whose lines the caller reads from stdout).
 """
 
@@ -12,9 +13,7 @@ from __future__ import annotations
 
 import json
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +22,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.step_anatomy import median_seconds  # noqa: E402
+
+PROFILED_STEPS = 2
+
 
 def timed(step, batch: int, warmup: int, steps: int, repeats: int = 3) -> float:
-    """Median images/s over ``repeats`` blocks of ``steps`` calls, after ``warmup`` calls."""
+    """Images/s of the median of ``repeats`` blocks of ``steps`` calls, after ``warmup`` calls."""
     for _ in range(warmup):
         step()
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        rates.append(batch * steps / (time.perf_counter() - start))
-    return statistics.median(rates)
-
-
-def resident_mb() -> float:
-    """Resident memory of this process now, MiB."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() / 2**20
+    block_seconds = median_seconds(lambda: [step() for _ in range(steps)], repeats=repeats, warmup=0)
+    return batch * steps / block_seconds
 
 
 def peak_resident_mb() -> float:
@@ -49,8 +41,8 @@ def peak_resident_mb() -> float:
 
 
 def torch_steps(size: int, batch: int, best: bool, compile_model: bool = False):
-    """(model, train step, inference step, forward-and-loss) of our U-Net on random images, channels_last as
-    ``SegmentationModule`` trains it; ``best`` adds bf16 autocast."""
+    """(model, its input images, train step, inference step, forward-and-loss) of our U-Net on random images,
+    channels_last as ``SegmentationModule`` trains it; ``best`` adds bf16 autocast."""
     import torch
 
     from lightning_bts.losses import build_loss
@@ -94,19 +86,19 @@ def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(spec["train_steps"]):
             train_step()
         return {}
-    before = resident_mb()
     train = timed(train_step, spec["batch"], spec["warmup"], spec["steps"])
-    result = {"train": train, "rss_before_mb": before, "rss_peak_mb": peak_resident_mb()}
+    result = {"train": train, "rss_peak_mb": peak_resident_mb()}
     model.eval()
     result["infer"] = timed(infer_step, spec["batch"], spec["warmup"], spec["steps"])
     if spec.get("anatomy"):
         model.train()
         step_seconds = spec["batch"] / train
+        prof = step_anatomy.profile_step(train_step, PROFILED_STEPS)
         result["anatomy"] = {
             "step_seconds": step_seconds,
             "layers": step_anatomy.layer_times(model, images),
-            "operators": step_anatomy.operator_classes(train_step),
-            "top_operators": step_anatomy.top_operators(train_step),
+            "operators": step_anatomy.operator_classes(prof, PROFILED_STEPS),
+            "top_operators": step_anatomy.top_operators(prof),
             "flops": step_anatomy.step_flops(train_step),
             "saved_bytes": step_anatomy.saved_activation_bytes(forward_loss),
             "peaks": step_anatomy.machine_peaks(),
@@ -130,9 +122,8 @@ def keras_worker(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(spec["train_steps"]):
             model.train_on_batch(images, masks)
         return {}
-    before = resident_mb()
     train = timed(lambda: model.train_on_batch(images, masks), batch, spec["warmup"], spec["steps"])
-    result = {"train": train, "rss_before_mb": before, "rss_peak_mb": peak_resident_mb()}
+    result = {"train": train, "rss_peak_mb": peak_resident_mb()}
     result["infer"] = timed(lambda: model.predict_on_batch(images), batch, spec["warmup"], spec["steps"])
     return result
 

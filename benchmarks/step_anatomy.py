@@ -98,17 +98,23 @@ CONV_BACKWARD = ("aten::convolution_backward", "aten::mkldnn_convolution_backwar
                  "aten::slow_conv2d_backward", "aten::convolution_backward_overrideable")
 
 
-def operator_classes(train_step: Callable[[], None], steps: int = 2) -> dict[str, float]:
-    """Seconds per step of convolution forward, convolution backward, the optimiser step and everything else
-    (element-wise work, pooling, concatenation, the loss), from torch.profiler's self CPU times."""
+def profile_step(train_step: Callable[[], None], steps: int = 2):
+    """torch.profiler's record of ``steps`` training steps after one unprofiled warm-up step; both operator views
+    (:func:`operator_classes`, :func:`top_operators`) read the same record."""
     from torch.profiler import ProfilerActivity, profile
 
     train_step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             train_step()
-    events = prof.events()
-    optimiser = sum(event.cpu_time_total for event in events if event.name.startswith("Optimizer.step#"))
+    return prof
+
+
+def operator_classes(prof, steps: int) -> dict[str, float]:
+    """Seconds per step of convolution forward, convolution backward, the optimiser step and everything else
+    (element-wise work, pooling, concatenation, the loss), from the self CPU times of :func:`profile_step`'s
+    record of ``steps`` steps."""
+    optimiser = sum(event.cpu_time_total for event in prof.events() if event.name.startswith("Optimizer.step#"))
     classes = {"convolution forward": 0.0, "convolution backward": 0.0, "other operators": 0.0}
     for event in prof.key_averages():
         if event.key.startswith(("Optimizer.", "ProfilerStep")):
@@ -125,14 +131,8 @@ def operator_classes(train_step: Callable[[], None], steps: int = 2) -> dict[str
     return {name: microseconds / steps / 1e6 for name, microseconds in classes.items()}
 
 
-def top_operators(train_step: Callable[[], None], top: int = 8) -> list[tuple[str, float]]:
-    """The ``top`` operators by self CPU time, as % of a training step."""
-    from torch.profiler import ProfilerActivity, profile
-
-    train_step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(2):
-            train_step()
+def top_operators(prof, top: int = 8) -> list[tuple[str, float]]:
+    """The ``top`` operators of :func:`profile_step`'s record by self CPU time, as % of a training step."""
     events = [event for event in prof.key_averages() if not event.key.startswith("Optimizer.")]
     total = sum(event.self_cpu_time_total for event in events)
     ranked = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:top]

@@ -102,16 +102,25 @@ def test_step_anatomy_times_every_convolution_level_and_counts_the_step():
     import torch
 
     from benchmarks.cpu_workers import torch_steps
-    from benchmarks.step_anatomy import layer_times, operator_classes, saved_activation_bytes, step_flops
+    from benchmarks.step_anatomy import (
+        layer_times,
+        operator_classes,
+        profile_step,
+        saved_activation_bytes,
+        step_flops,
+        top_operators,
+    )
 
     model, images, train_step, _, forward_loss = torch_steps(size=32, batch=1, best=False)
     levels = layer_times(model, images, repeats=1)
     assert set(levels) == {*(f"encoder {i}" for i in range(4)), "bottleneck", *(f"decoder {i}" for i in range(4)),
                            *(f"decoder {i} transposed" for i in range(4)), "head"}
     assert all(times["forward"] > 0 and times["backward"] > 0 for times in levels.values())
-    classes = operator_classes(train_step, steps=1)
+    prof = profile_step(train_step, steps=1)
+    classes = operator_classes(prof, steps=1)
     assert set(classes) == {"convolution forward", "convolution backward", "other operators", "optimiser step"}
     assert classes["convolution backward"] > 0 and classes["optimiser step"] > 0
+    assert "aten::convolution_backward" in dict(top_operators(prof))  # the same record, the other view
     with torch.no_grad():
         from torch.utils.flop_counter import FlopCounterMode
 
