@@ -42,13 +42,15 @@ def peak_resident_mb() -> float:
 
 def torch_steps(size: int, batch: int, best: bool, compile_model: bool = False):
     """(model, its input images, train step, inference step, forward-and-loss) of our U-Net on random images,
-    channels_last as ``SegmentationModule`` trains it; ``best`` adds bf16 autocast."""
+    channels_last and with freed memory kept (host_memory) as ``train()`` runs it; ``best`` adds bf16 autocast."""
     import torch
 
+    from lightning_bts.host_memory import keep_freed_memory
     from lightning_bts.losses import build_loss
     from lightning_bts.models import UNet
     from lightning_bts.training.optim import KerasAdam
 
+    keep_freed_memory()  # as train() and the Predictor do
     torch.manual_seed(0)
     model = UNet().to(memory_format=torch.channels_last)
     images = (torch.rand(batch, 3, size, size) * 255).contiguous(memory_format=torch.channels_last)

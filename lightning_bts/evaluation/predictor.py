@@ -34,6 +34,7 @@ from lightning_bts.errors import ConfigError, UserError
 from lightning_bts.evaluation.backends import check_backend, on_backend
 from lightning_bts.evaluation.postprocess import PostProcessing
 from lightning_bts.evaluation.settings import InferenceSettings, resolve_settings
+from lightning_bts.host_memory import keep_freed_memory
 from lightning_bts.training.checkpoints import CheckpointInfo, Preprocessing, load_members
 
 PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -125,6 +126,7 @@ class Predictor:
     ) -> None:
         if not models:
             raise InferenceError("a Predictor needs at least one model")
+        keep_freed_memory()
         self.device = resolve_device(device)
         self.precision = check_precision(precision)
         self.backend = check_backend(backend, self.device, self.precision)

@@ -10,6 +10,7 @@ from typing import Any
 
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
+from lightning_bts.host_memory import keep_freed_memory
 from lightning_bts.training.cli import BTSCLI, MONITOR
 from lightning_bts.training.config import Config
 from lightning_bts.training.preview import ValidationPreview
@@ -42,6 +43,7 @@ def train(config: Config | Mapping[str, Any], callbacks: Sequence[Callback] = ()
     if not isinstance(config, (Config, Mapping)):
         raise TypeError(f"train() takes a parsed configuration, got {type(config).__name__}; for command-line "
                         "arguments use train(parse_config(args)) (lightning_bts.training.config)")
+    keep_freed_memory()  # a CPU step would page-fault its activations in again otherwise
     cli = BTSCLI(args=config, extra_callbacks=callbacks, trainer_overrides=trainer_overrides)
     try:
         cli.datamodule.load()
