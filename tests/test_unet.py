@@ -2,10 +2,18 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from lightning_bts.errors import ConfigError
 from lightning_bts.models import UNet
-from lightning_bts.models.unet import KERAS_DROPOUT_DOWN, KERAS_DROPOUT_UP, NORMS, group_count, paper_dropout_rates
+from lightning_bts.models.unet import (
+    KERAS_DROPOUT_DOWN,
+    KERAS_DROPOUT_UP,
+    NORMS,
+    ConvBlock,
+    group_count,
+    paper_dropout_rates,
+)
 
 
 def count(model: torch.nn.Module) -> int:
@@ -145,3 +153,20 @@ def test_deep_supervision_returns_halving_side_outputs_in_training_only():
     assert count(model) - count(plain) == sum(4 * 2**level + 1 for level in (1, 2))
     with pytest.raises(ConfigError, match="depth"):
         UNet(depth=1, deep_supervision=True)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_conv_block_equals_its_layers_run_one_by_one(norm):
+    # the block runs the ReLU before the dropout inside it (FastDropout.after_relu): nothing may change
+    x = torch.randn(2, 3, 16, 16)
+    results = []
+    for run in (ConvBlock.forward, nn.Sequential.forward):
+        torch.manual_seed(0)
+        block = ConvBlock(3, 8, 0.3, norm).train()
+        leaf = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        out = run(block, leaf)
+        out.square().sum().backward()
+        results.append([out, leaf.grad] + [p.grad for p in block.parameters()])
+    for fused, plain in zip(*results):
+        torch.testing.assert_close(fused, plain, rtol=0, atol=0)

@@ -1,4 +1,4 @@
-"""Dropout whose CPU masks cost a fraction of ``torch.bernoulli_``.
+"""Dropout whose CPU masks cost a fraction of ``torch.bernoulli_``, fused with the ReLU before it.
 
 Profiling a CPU training step of the paper's U-Net (``reports/benchmark_cpu.md``) put ``aten::bernoulli_``, the
 mask of ``nn.Dropout``, at 20% of an fp32 step and 38% of a bf16 one: it draws one 32-bit random number per
@@ -7,6 +7,13 @@ element (about 5 ns each here), while everything else in the step got faster wit
 top bit of every word 0), so the mask needs a quarter of the draws. The keep probability is ``1 - p`` rounded
 to a multiple of 2^-15 (for the paper's rates an error below 2e-5) and kept outputs are scaled by its inverse,
 as inverted dropout does. Off the CPU it is ``nn.Dropout`` (GPU and XLA have fast generators of their own).
+
+In the U-Net every dropout follows a ReLU. Run as two autograd nodes they keep three tensors for backward (the
+ReLU's output, the float mask, and the dropout's output, which the next convolution keeps) and make two passes
+over the gradient. :meth:`FastDropout.after_relu` runs both as one node that keeps only its output ``y``: the
+gradient is ``scale`` where ``y > 0`` and 0 elsewhere, because ``y > 0`` exactly where the input was positive
+and the element was kept. Same values and gradients as the two layers with the same mask; measured on the
+2-core EPYC at 256x256 (fp32, batch 16): 340 MiB less peak memory and about 3 % more images per second.
 """
 
 from __future__ import annotations
@@ -19,6 +26,39 @@ _LANE_BITS = 15
 _LANE_VALUES = 1 << _LANE_BITS
 
 
+def keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """A bool mask shaped and laid out as ``x`` (True: kept, probability ``1 - p`` rounded to 2^-15), and the
+    scale of the kept values, from 15-bit lanes of 64-bit random words."""
+    drop_threshold = round(p * _LANE_VALUES)  # lane < threshold: dropped
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()
+    lanes = words.view(torch.int16)[: x.numel()]
+    keep = (lanes & (_LANE_VALUES - 1)) >= drop_threshold
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = x.shape
+        keep = keep.view(n, h, w, c).permute(0, 3, 1, 2)  # same strides as x: no layout conversion
+    else:
+        keep = keep.view(x.shape)
+    return keep, _LANE_VALUES / (_LANE_VALUES - drop_threshold)
+
+
+class _ReLUDropout(torch.autograd.Function):
+    """``dropout(relu(x))`` as one node that saves only its output (see the module)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        keep, scale = keep_mask(x, p)
+        scaled_mask = keep.to(x.dtype).mul_(scale)
+        y = torch.mul(x, scaled_mask).relu_()
+        ctx.save_for_backward(y)
+        ctx.scale = torch.tensor(scale, dtype=x.dtype).item()  # as the mask holds it (rounded in bf16)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad_y, y, 0).mul_(ctx.scale), None
+
+
 class FastDropout(nn.Dropout):
     """``nn.Dropout(p)`` with masks from 15-bit lanes of 64-bit random words on the CPU (see the module)."""
 
@@ -27,14 +67,12 @@ class FastDropout(nn.Dropout):
             return x
         if x.device.type != "cpu" or self.p == 1:
             return F.dropout(x, self.p, training=True, inplace=self.inplace)
-        drop_threshold = round(self.p * _LANE_VALUES)  # lane < threshold: dropped
-        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()
-        lanes = words.view(torch.int16)[: x.numel()]
-        keep = (lanes & (_LANE_VALUES - 1)) >= drop_threshold
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            n, c, h, w = x.shape
-            keep = keep.view(n, h, w, c).permute(0, 3, 1, 2)  # same strides as x: no layout conversion
-        else:
-            keep = keep.view(x.shape)
-        scale = _LANE_VALUES / (_LANE_VALUES - drop_threshold)
+        keep, scale = keep_mask(x, self.p)
         return x * (keep.to(x.dtype) * scale)
+
+    def after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(relu(x))``; on the CPU in training one autograd node (see the module). Overwrites ``x``
+        everywhere else, as ``nn.ReLU(inplace=True)`` does."""
+        if self.training and 0 < self.p < 1 and x.device.type == "cpu":
+            return _ReLUDropout.apply(x, self.p)
+        return self(F.relu(x, inplace=True))

@@ -104,7 +104,8 @@ class ConvBlock(nn.Sequential):
     """Conv3x3+ReLU -> Dropout -> Conv3x3+ReLU, with an optional norm layer after each conv (none in the paper).
 
     Without a norm the layer indices are the Keras-exact ones (conv 0, dropout 2, conv 3) that weight
-    conversion and the parity tests rely on.
+    conversion and the parity tests rely on. The layers run in order, except that the ReLU before the dropout
+    runs inside it (:meth:`FastDropout.after_relu`: one autograd node instead of two, same result).
     """
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float, norm: str = "none") -> None:
@@ -114,6 +115,14 @@ class ConvBlock(nn.Sequential):
         layers += filter(None, [norm_layer(norm, out_channels)])
         layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
+        self.dropout_index = next(i for i, layer in enumerate(self) if isinstance(layer, FastDropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self):
+            if index == self.dropout_index - 1:
+                continue  # the ReLU, applied by the dropout below
+            x = layer.after_relu(x) if index == self.dropout_index else layer(x)
+        return x
 
 
 class UpBlock(nn.Module):
