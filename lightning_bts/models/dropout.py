@@ -26,9 +26,10 @@ _LANE_BITS = 15
 _LANE_VALUES = 1 << _LANE_BITS
 
 
-def keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
-    """A bool mask shaped and laid out as ``x`` (True: kept, probability ``1 - p`` rounded to 2^-15), and the
-    scale of the kept values, from 15-bit lanes of 64-bit random words."""
+def scaled_keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """The dropout mask in ``x``'s dtype, shape and layout: the scale where kept (probability ``1 - p`` rounded
+    to 2^-15), 0 where dropped, from 15-bit lanes of 64-bit random words; and the scale as the mask holds it
+    (rounded in bf16)."""
     drop_threshold = round(p * _LANE_VALUES)  # lane < threshold: dropped
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()
     lanes = words.view(torch.int16)[: x.numel()]
@@ -38,7 +39,8 @@ def keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
         keep = keep.view(n, h, w, c).permute(0, 3, 1, 2)  # same strides as x: no layout conversion
     else:
         keep = keep.view(x.shape)
-    return keep, _LANE_VALUES / (_LANE_VALUES - drop_threshold)
+    scale = torch.tensor(_LANE_VALUES / (_LANE_VALUES - drop_threshold), dtype=x.dtype).item()
+    return keep.to(x.dtype).mul_(scale), scale
 
 
 class _ReLUDropout(torch.autograd.Function):
@@ -46,11 +48,9 @@ class _ReLUDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        keep, scale = keep_mask(x, p)
-        scaled_mask = keep.to(x.dtype).mul_(scale)
-        y = torch.mul(x, scaled_mask).relu_()
+        mask, ctx.scale = scaled_keep_mask(x, p)
+        y = torch.mul(x, mask).relu_()
         ctx.save_for_backward(y)
-        ctx.scale = torch.tensor(scale, dtype=x.dtype).item()  # as the mask holds it (rounded in bf16)
         return y
 
     @staticmethod
@@ -67,8 +67,8 @@ class FastDropout(nn.Dropout):
             return x
         if x.device.type != "cpu" or self.p == 1:
             return F.dropout(x, self.p, training=True, inplace=self.inplace)
-        keep, scale = keep_mask(x, self.p)
-        return x * (keep.to(x.dtype) * scale)
+        mask, _ = scaled_keep_mask(x, self.p)
+        return x * mask
 
     def after_relu(self, x: torch.Tensor) -> torch.Tensor:
         """``self(relu(x))``; on the CPU in training one autograd node (see the module). Overwrites ``x``
