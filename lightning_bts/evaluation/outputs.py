@@ -97,8 +97,8 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
 
 def format_table(metrics: Mapping[str, Any]) -> str:
     """The headline table: native pooled and per-image ratios in percent and Hausdorff means, beside the
-    model-grid pooled values (when ``metrics`` has them), and the native 95 % intervals (when it has ``ci95``:
-    pooled, and for Dice also per image)."""
+    model-grid pooled values (when ``metrics`` has them), the native 95 % intervals (when it has ``ci95``:
+    pooled, and for Dice also per image), and the scores per patient and per tumour type (when it has them)."""
     grid = metrics.get("model_grid")
     ci = metrics.get("ci95") or {}
     native = "native" if grid else "pooled"
@@ -119,6 +119,7 @@ def format_table(metrics: Mapping[str, Any]) -> str:
                  "empty prediction or mask")
     if "ci_method" in metrics:
         lines.append(f"95% CI: {metrics['ci_method']}")
+    lines.extend(_subgroup_lines(metrics))
     if grid:
         lines.append(f"native: each slice at its original size; model grid: {grid.get('resolution')}")
     if "postprocessing_rule" in metrics:
@@ -129,6 +130,29 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     if metrics.get("note"):
         lines.append(f"note: {metrics['note']}")
     return "\n".join(lines)
+
+
+def _subgroup_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Per patient and per tumour type (when ``metrics`` has them): who the pooled Dice is made of."""
+    lines = []
+    patients = metrics.get("by_patient")
+    if patients:
+        largest = patients["largest"]
+        lines.append(f"per patient: mean Dice {100 * patients['dice_mean']:.2f}%, median "
+                     f"{100 * patients['dice_median']:.2f}% over {patients['patients']} patients; the largest, "
+                     f"{largest['patient_group']} ({largest['slices']} slices), holds "
+                     f"{100 * largest['tumor_pixel_share']:.0f}% of the tumour pixels, "
+                     f"Dice {100 * largest['dice']:.2f}%")
+    for name, scores in (metrics.get("by_tumor_type") or {}).items():
+        lines.append(f"{name + ':':<12}Dice {100 * scores['dice']:.2f}%, precision {100 * scores['precision']:.2f}%, "
+                     f"recall {100 * scores['recall']:.2f}% ({scores['slices']} slices, "
+                     f"{_count(scores['patients'], 'patient')}, {100 * scores['tumor_pixel_share']:.0f}% of the tumour "
+                     "pixels)")
+    return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _interval(bounds: Sequence[float | None], scale: float, unit: str) -> str:

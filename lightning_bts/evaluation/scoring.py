@@ -16,7 +16,8 @@ a ratio with a zero denominator is 1 for a perfect prediction, else 0). Hausdorf
 spacing is known (``pixel_spacing`` of the original slices, or the model's ``pixel_spacing_mm`` of its grid,
 converted per slice), else in pixels of each grid. The native pooled Dice, precision and recall, the mean
 Dice per slice and the mean HD95 carry 95 % intervals from a bootstrap over patients (``ci95``, from the
-per-slice TP/FP/FN counts, see :mod:`lightning_bts.evaluation.bootstrap`).
+per-slice TP/FP/FN counts, see :mod:`lightning_bts.evaluation.bootstrap`). ``by_patient`` and
+``by_tumor_type`` say who the pooled score is made of (:mod:`lightning_bts.evaluation.breakdown`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from lightning_bts.data import BrainTumorDataModule
 from lightning_bts.errors import ConfigError
 from lightning_bts.evaluation.bootstrap import DEFAULT_RESAMPLES, confidence_intervals
+from lightning_bts.evaluation.breakdown import subgroup_scores
 from lightning_bts.evaluation.data import evaluation_data, iterate_slices
 from lightning_bts.evaluation.postprocess import PostProcessing
 from lightning_bts.evaluation.predictor import Predictor, to_original_size
@@ -159,6 +161,7 @@ def evaluate(
         **native.summary(),
         "hd_units": "mm" if millimetres else "pixels of the original slices",
         **confidence_intervals(per_image, bootstrap),
+        **subgroup_scores(per_image),
         "model_grid": {"resolution": f"{size}x{size}", **grid.summary(),
                        "hd_units": "mm" if millimetres else "pixels of the model grid"},
         "n_images": len(per_image), "part": part, "data_root": str(datamodule.hparams.root), "image_size": size,

@@ -1,0 +1,82 @@
+"""Who the pooled score is made of: Dice per patient and per tumour type, and each one's share of the tumour.
+
+Pooled Dice sums the pixels of every slice before taking the ratio, so a patient with many large tumour slices
+weighs as much as all the others together. On figshare's fold-0 test split one glioma patient group
+(``MR040240``: four scans, 97 of 301 slices) holds about half of the tumour pixels, and the pooled test Dice is
+then mostly that patient's. A reader needs to see this beside the pooled number: ``by_patient`` gives the mean
+and median of each patient's own pooled Dice (every patient counts once, as challenges score cases) and the
+patient with the largest share of tumour pixels; ``by_tumor_type`` the pooled ratios of each tumour type with
+its slices, patients and share of the tumour pixels. Both come from the per-slice TP/FP/FN counts of
+``per_image.csv`` with :func:`lightning_bts.metrics.ratios_from_stats`'s rule for a zero denominator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lightning_bts.errors import ConfigError
+from lightning_bts.metrics import ratios_from_stats
+
+REQUIRED_COLUMNS = ("patient_group", "tp", "fp", "fn")
+UNKNOWN_TYPE = "unknown"
+
+
+def _pooled(counts: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Pooled Dice, precision and recall of each row of summed ``tp``/``fp``/``fn`` counts."""
+    tp, fp, fn = (torch.from_numpy(counts[name].to_numpy(dtype=float)) for name in ("tp", "fp", "fn"))
+    ratios = ratios_from_stats(tp, fp, torch.zeros_like(tp), fn)
+    return {name: ratios[name].numpy() for name in ("dice", "precision", "recall")}
+
+
+def subgroup_scores(per_image: pd.DataFrame) -> dict[str, Any]:
+    """The metrics.json entries ``by_patient`` and, when the slices have tumour types, ``by_tumor_type``.
+
+    ``per_image`` has one row per slice with :data:`REQUIRED_COLUMNS` (as ``per_image.csv``), and optionally
+    ``tumor_type`` (rows of type ``"unknown"`` or missing are left out of ``by_tumor_type``; with no known type
+    the entry is absent). Tumour pixels are ``tp + fn`` of the scored masks.
+
+    Raises:
+        ConfigError: a required column is missing, or there are no slices.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in per_image.columns]
+    if missing:
+        raise ConfigError(f"scores per patient need the per-slice columns {missing}")
+    if per_image.empty:
+        raise ConfigError("scores per patient need at least one scored slice")
+    table = per_image.assign(patient_group=per_image["patient_group"].astype(str),
+                             tumor=per_image["tp"] + per_image["fn"])
+    all_tumor = float(table["tumor"].sum())
+
+    def share(pixels: float) -> float:
+        return pixels / all_tumor if all_tumor > 0 else 0.0
+
+    patients = table.groupby("patient_group")[["tp", "fp", "fn", "tumor"]].sum()
+    patients["dice"] = _pooled(patients)["dice"]
+    patients["slices"] = table.groupby("patient_group").size()
+    largest = patients["tumor"].idxmax()
+    result: dict[str, Any] = {"by_patient": {
+        "patients": len(patients),
+        "dice_mean": float(patients["dice"].mean()),
+        "dice_median": float(patients["dice"].median()),
+        "largest": {"patient_group": str(largest), "slices": int(patients.loc[largest, "slices"]),
+                    "tumor_pixel_share": share(float(patients.loc[largest, "tumor"])),
+                    "dice": float(patients.loc[largest, "dice"])},
+    }}
+
+    if "tumor_type" in table.columns:
+        typed = table[table["tumor_type"].notna() & (table["tumor_type"].astype(str) != UNKNOWN_TYPE)]
+        if not typed.empty:
+            groups = typed.groupby(typed["tumor_type"].astype(str))
+            types = groups[["tp", "fp", "fn", "tumor"]].sum()
+            ratios = _pooled(types)
+            result["by_tumor_type"] = {
+                str(name): {"dice": float(ratios["dice"][i]), "precision": float(ratios["precision"][i]),
+                            "recall": float(ratios["recall"][i]), "slices": int(groups.size()[name]),
+                            "patients": int(groups["patient_group"].nunique()[name]),
+                            "tumor_pixel_share": share(float(types.loc[name, "tumor"]))}
+                for i, name in enumerate(types.index)}
+    return result

@@ -1,0 +1,86 @@
+"""Scores per patient and per tumour type (evaluation.breakdown), on hand-made per-slice counts (no model)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from lightning_bts.errors import ConfigError
+from lightning_bts.evaluation.breakdown import subgroup_scores
+from lightning_bts.evaluation.outputs import format_table
+
+
+def _slices() -> pd.DataFrame:
+    """Patient A: one glioma of 900 tumour pixels, half found (Dice 2*450/(900+900) = 0.5 with 450 false positives);
+    patients B and C: small meningiomas found exactly (100 pixels each); D: a pituitary slice missed entirely."""
+    return pd.DataFrame({
+        "patient_group": ["A", "A", "B", "C", "D"],
+        "tumor_type": ["glioma", "glioma", "meningioma", "meningioma", "pituitary"],
+        "tp": [300, 150, 100, 100, 0],
+        "fp": [200, 250, 0, 0, 0],
+        "fn": [300, 150, 0, 0, 50],
+    })
+
+
+def test_each_patient_counts_once_and_the_largest_is_named():
+    scores = subgroup_scores(_slices())["by_patient"]
+    # pooled per patient: A 900/1800 = 0.5, B 1, C 1, D 0 (a missed tumour)
+    assert scores["patients"] == 4
+    assert scores["dice_mean"] == pytest.approx((0.5 + 1 + 1 + 0) / 4)
+    assert scores["dice_median"] == pytest.approx(0.75)
+    largest = scores["largest"]
+    assert largest["patient_group"] == "A" and largest["slices"] == 2
+    assert largest["tumor_pixel_share"] == pytest.approx(900 / 1150)
+    assert largest["dice"] == pytest.approx(0.5)
+
+
+def test_tumour_types_are_pooled_within_each_type():
+    types = subgroup_scores(_slices())["by_tumor_type"]
+    assert set(types) == {"glioma", "meningioma", "pituitary"}
+    glioma = types["glioma"]
+    assert glioma["dice"] == pytest.approx(0.5)
+    assert glioma["precision"] == pytest.approx(450 / 900) and glioma["recall"] == pytest.approx(450 / 900)
+    assert (glioma["slices"], glioma["patients"]) == (2, 1)
+    assert types["meningioma"]["dice"] == 1.0 and types["meningioma"]["patients"] == 2
+    assert types["pituitary"]["dice"] == 0.0 and types["pituitary"]["recall"] == 0.0
+    assert sum(t["tumor_pixel_share"] for t in types.values()) == pytest.approx(1.0)
+
+
+def test_a_patient_without_tumour_or_prediction_scores_one():
+    # the zero-denominator rule of lightning_bts.metrics: nothing to find and nothing predicted is perfect
+    table = pd.DataFrame({"patient_group": ["A", "E"], "tp": [10, 0], "fp": [0, 0], "fn": [10, 0]})
+    scores = subgroup_scores(table)
+    assert scores["by_patient"]["dice_mean"] == pytest.approx((2 * 10 / 30 + 1.0) / 2)
+    assert "by_tumor_type" not in scores  # no type column
+
+
+def test_unknown_types_are_left_out_of_the_types():
+    table = _slices().assign(tumor_type=["unknown"] * 5)
+    assert "by_tumor_type" not in subgroup_scores(table)
+    table.loc[0, "tumor_type"] = "glioma"
+    assert set(subgroup_scores(table)["by_tumor_type"]) == {"glioma"}
+
+
+def test_numeric_patient_ids_are_names():
+    table = _slices().assign(patient_group=[7, 7, 8, 9, 10])
+    largest = subgroup_scores(table)["by_patient"]["largest"]
+    assert largest["patient_group"] == "7"
+    json.dumps(subgroup_scores(table))  # plain types, ready for metrics.json
+
+
+def test_bad_input_is_refused_by_name():
+    with pytest.raises(ConfigError, match="fn"):
+        subgroup_scores(_slices().drop(columns="fn"))
+    with pytest.raises(ConfigError, match="at least one"):
+        subgroup_scores(_slices().iloc[:0])
+
+
+def test_the_table_prints_both():
+    metrics = {name: 0.5 for name in ("dice", "iou", "precision", "recall", "accuracy", "specificity")}
+    metrics.update(per_image=dict(metrics), hd=1.0, hd95=1.0, n_images=5, part="test", threshold=0.5,
+                   **subgroup_scores(_slices()))
+    table = format_table(metrics)
+    assert "per patient: mean Dice 62.50%, median 75.00% over 4 patients; the largest, A (2 slices), holds 78%" in table
+    assert "glioma:     Dice 50.00%, precision 50.00%, recall 50.00% (2 slices, 1 patient, 78% of" in table
