@@ -32,6 +32,14 @@ def _pooled(counts: pd.DataFrame) -> dict[str, np.ndarray]:
     return {name: ratios[name].numpy() for name in ("dice", "precision", "recall")}
 
 
+def _groups(table: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
+    """One row per value of ``key``: summed ``tp``, ``fp``, ``fn``, ``tumor``, the number of ``slices`` and of
+    ``patients``, and the pooled ``dice``, ``precision`` and ``recall``."""
+    groups = table.groupby(key).agg(tp=("tp", "sum"), fp=("fp", "sum"), fn=("fn", "sum"), tumor=("tumor", "sum"),
+                                    slices=("tp", "size"), patients=("patient_group", "nunique"))
+    return groups.assign(**_pooled(groups))
+
+
 def subgroup_scores(per_image: pd.DataFrame) -> dict[str, Any]:
     """The metrics.json entries ``by_patient`` and, when the slices have tumour types, ``by_tumor_type``.
 
@@ -54,9 +62,7 @@ def subgroup_scores(per_image: pd.DataFrame) -> dict[str, Any]:
     def share(pixels: float) -> float:
         return pixels / all_tumor if all_tumor > 0 else 0.0
 
-    patients = table.groupby("patient_group")[["tp", "fp", "fn", "tumor"]].sum()
-    patients["dice"] = _pooled(patients)["dice"]
-    patients["slices"] = table.groupby("patient_group").size()
+    patients = _groups(table, table["patient_group"])
     largest = patients["tumor"].idxmax()
     result: dict[str, Any] = {"by_patient": {
         "patients": len(patients),
@@ -70,13 +76,10 @@ def subgroup_scores(per_image: pd.DataFrame) -> dict[str, Any]:
     if "tumor_type" in table.columns:
         typed = table[table["tumor_type"].notna() & (table["tumor_type"].astype(str) != UNKNOWN_TYPE)]
         if not typed.empty:
-            groups = typed.groupby(typed["tumor_type"].astype(str))
-            types = groups[["tp", "fp", "fn", "tumor"]].sum()
-            ratios = _pooled(types)
+            types = _groups(typed, typed["tumor_type"].astype(str))
             result["by_tumor_type"] = {
-                str(name): {"dice": float(ratios["dice"][i]), "precision": float(ratios["precision"][i]),
-                            "recall": float(ratios["recall"][i]), "slices": int(groups.size()[name]),
-                            "patients": int(groups["patient_group"].nunique()[name]),
-                            "tumor_pixel_share": share(float(types.loc[name, "tumor"]))}
-                for i, name in enumerate(types.index)}
+                str(name): {"dice": float(row.dice), "precision": float(row.precision), "recall": float(row.recall),
+                            "slices": int(row.slices), "patients": int(row.patients),
+                            "tumor_pixel_share": share(float(row.tumor))}
+                for name, row in types.iterrows()}
     return result
