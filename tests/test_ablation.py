@@ -160,6 +160,20 @@ def test_the_report_states_command_commit_and_table_and_draws_the_curve_rows(tmp
     assert list(pd.read_csv(out / "ablation.csv")["row"]) == ["paper", "norm"]
 
 
+def test_the_report_states_each_models_training_precision(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_row(runs, "paper", 0.50, [1.0])
+    _fake_row(runs, "norm", 0.60, [1.5])
+    for name, precision in (("paper", "32-true"), ("norm", "bf16-mixed")):
+        (RowFiles.of(runs, name).run_dir / "config.yaml").write_text(yaml.safe_dump({"trainer": {"precision": precision}}))
+    text = write_report(_ablation(tmp_path), runs, tmp_path / "mixed", "c", "abc", 3).read_text()
+    assert "Training precision: paper 32-true, norm bf16-mixed." in text
+    (RowFiles.of(runs, "paper").run_dir / "config.yaml").write_text(yaml.safe_dump({"trainer": {"precision": "bf16-mixed"}}))
+    text = write_report(_ablation(tmp_path), runs, tmp_path / "same", "c", "abc", 3).read_text()
+    assert "Training precision: bf16-mixed for every row's model." in text
+    assert build_table(_ablation(tmp_path), runs)["training_precision"].tolist() == ["bf16-mixed", "bf16-mixed"]
+
+
 def test_budgets_become_lightning_max_time_strings():
     from lightning_bts.experiments.ablation import max_time
 
@@ -225,6 +239,7 @@ def test_the_runner_trains_selects_scores_reports_and_resumes(tmp_path):
     assert (report / "dice_vs_minutes.png").is_file()
     text = (report / "ablation.md").read_text()
     assert "--minutes 0.1" in text and "Not finished (or left out): best." in text
+    assert "Training precision: 32-true for every row's model." in text
     for name in ("paper", "norm"):
         metrics = json.loads((runs / name / "test" / "metrics.json").read_text())
         assert metrics["part"] == "test" and metrics["resolution"] == "native" and metrics["tta"] is False

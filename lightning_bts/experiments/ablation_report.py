@@ -1,7 +1,7 @@
 """The ablation's report: one table row per finished row, gains over the row above and over the paper, a plot.
 
 Reads only the files the runner left (``RUNS/<row>/row.json``, ``test/metrics.json`` from evaluate.py, the run's
-``metrics.csv``), so the report can be rewritten at any time, and writes ``ablation.md``, ``ablation.csv`` and
+``metrics.csv``, ``config.yaml``), so the report can be rewritten at any time, and writes ``ablation.md``, ``ablation.csv`` and
 ``dice_vs_minutes.png``. Every number of the Markdown is in the CSV. ``ci95`` (a patient bootstrap interval per
 metric, when evaluate.py wrote one) is used where present and never required.
 """
@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 
 from lightning_bts.evaluation.outputs import write_files_atomically  # noqa: E402
 from lightning_bts.experiments.ablation_rows import Ablation, AblationError, RowFiles  # noqa: E402
@@ -53,6 +54,15 @@ def training_progress(metrics_csv: Path) -> dict[str, float]:
     return result
 
 
+def training_precision(config_yaml: Path) -> str:
+    """The ``trainer.precision`` a run trained with, from the config fit.py saved ("" when unknown): the same
+    minutes hold several times more epochs in bf16 than in fp32 on a CPU with native bf16."""
+    if not config_yaml.is_file():
+        return ""
+    trainer = (yaml.safe_load(config_yaml.read_text()) or {}).get("trainer") or {}
+    return str(trainer.get("precision") or "")
+
+
 def learning_curve(metrics_csv: Path) -> pd.DataFrame:
     """Validation Dice against wall-clock minutes (empty for a run logged before time/minutes existed)."""
     if not metrics_csv.is_file():
@@ -75,6 +85,7 @@ def row_result(files: RowFiles) -> dict[str, Any]:
             result[f"{name}_ci95_low"], result[f"{name}_ci95_high"] = interval
     run_dir = Path(record["run_dir"]) if record.get("run_dir") else None
     result.update(training_progress(run_dir / "metrics.csv") if run_dir else {})
+    result["training_precision"] = training_precision(run_dir / "config.yaml") if run_dir else ""
     result.update({
         "wall_minutes": record.get("wall_minutes", math.nan), "n_test_images": metrics.get("n_images"),
         "postprocessing": metrics.get("postprocessing_rule", ""), "tta": bool(metrics.get("tta", False)),
@@ -151,6 +162,11 @@ def markdown(table: pd.DataFrame, ablation: Ablation, command: str, commit: str,
     missing = [row.name for row in ablation.rows if row.name not in set(table["row"])]
     if missing:
         lines += ["", f"Not finished (or left out): {', '.join(missing)}."]
+    precisions = {line["row"]: line["training_precision"] for _, line in table.iterrows() if line["training_precision"]}
+    if precisions:
+        shown = (f"{next(iter(precisions.values()))} for every row's model" if len(set(precisions.values())) == 1
+                 else ", ".join(f"{row} {precision}" for row, precision in precisions.items()))
+        lines += ["", f"Training precision: {shown}."]
     lines += ["", "Inference settings of each row (paper: threshold 0.5, no TTA):", ""]
     lines += [f"- {line['row']}: {line['postprocessing']}{', flip TTA' if line['tta'] else ''}"
               for _, line in table.iterrows()]
