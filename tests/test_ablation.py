@@ -151,13 +151,35 @@ def test_the_report_states_command_commit_and_table_and_draws_the_curve_rows(tmp
     _fake_row(runs, "norm", 0.60, [1.5, 3.1], ci95=True, fit_command="python scripts/fit.py --model.norm=batch")
     report = write_report(_ablation(tmp_path), runs, out, "python scripts/ablation.py --minutes 3", "abc123", 3)
     text = report.read_text()
-    assert "Command: `python scripts/ablation.py --minutes 3`" in text and "Commit: `abc123`" in text
+    assert "Command: `python scripts/ablation.py --minutes 3`" in text
+    assert "Commit: `abc`" in text  # the rows' own commit, not the one the report was rewritten at
     assert "| paper | 50.0 | 48.0 | 51.0 | 49.0 | 5.0 | 3.0 | 3 |" in text
     assert "| norm | 60.0 (55.0–65.0) |" in text and "| +10.0 | +10.0 |" in text
     assert "Not finished (or left out): pp, late, other." in text
     assert "`python scripts/fit.py --model.norm=batch`" in text
     assert (out / "dice_vs_minutes.png").read_bytes()[:4] == b"\x89PNG"
     assert list(pd.read_csv(out / "ablation.csv")["row"]) == ["paper", "norm"]
+
+
+def test_rows_scored_at_different_commits_are_named_with_their_commits(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_row(runs, "paper", 0.50, [1.0])
+    _fake_row(runs, "norm", 0.60, [1.5], git_commit="def")
+    text = write_report(_ablation(tmp_path), runs, tmp_path / "out", "c", "now", 3).read_text()
+    assert "Commits: `abc` (paper), `def` (norm)" in text
+    empty = write_report(_ablation(tmp_path), tmp_path / "none", tmp_path / "empty", "c", "now", 3).read_text()
+    assert "Commit: `now`" in empty
+
+
+def test_report_only_shows_the_command_that_trains_the_rows(tmp_path, monkeypatch):
+    from lightning_bts.experiments import ablation
+    _fake_row(tmp_path / "runs", "paper", 0.50, [1.0])
+    rows = tmp_path / "rows.yaml"
+    rows.write_text(yaml.safe_dump({"reference": "paper", "rows": [{"name": "paper", "config": "configs/quick_cpu.yaml"}]}))
+    out = ablation.main(["--rows", str(rows), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
+                         "--minutes", "3", "--report-only"])
+    text = (out / "ablation.md").read_text()
+    assert f"Command: `python scripts/ablation.py --rows {rows} --runs {tmp_path / 'runs'} --out {tmp_path / 'report'} --minutes 3`" in text
 
 
 def test_the_report_states_each_models_training_precision(tmp_path):

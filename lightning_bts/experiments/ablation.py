@@ -280,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     rows = ablation.pick(args.only)
     settings = Settings(Path(args.runs), args.minutes, extra, Path(args.best_run) if args.best_run else None,
                         args.device)
-    command = shlex.join(["python", "scripts/ablation.py", *(sys.argv[1:] if argv is None else argv)])
+    given = sys.argv[1:] if argv is None else list(argv)
+    # the command that trains and scores the rows: --report-only only rewrites its report
+    command = shlex.join(["python", "scripts/ablation.py", *(arg for arg in given if arg != "--report-only")])
     commit = git_commit()
     if args.dry_run:
         for row in rows:

@@ -131,6 +131,18 @@ def _cell(line: pd.Series, name: str) -> str:
     return _pct(line[name]) if pd.isna(low) else f"{_pct(line[name])} ({_pct(low)}–{_pct(high)})"
 
 
+def commit_line(table: pd.DataFrame, current: str) -> str:
+    """The commit(s) the finished rows were trained and scored at, so a report rewritten later (``--report-only``)
+    still names them; ``current`` when no row records one."""
+    by_commit: dict[str, list[str]] = {}
+    for _, line in table.iterrows():
+        if line.get("git_commit"):
+            by_commit.setdefault(str(line["git_commit"]), []).append(str(line["row"]))
+    if len(by_commit) <= 1:
+        return f"Commit: `{next(iter(by_commit), current)}`"
+    return "Commits: " + ", ".join(f"`{commit}` ({', '.join(rows)})" for commit, rows in by_commit.items())
+
+
 def markdown(table: pd.DataFrame, ablation: Ablation, command: str, commit: str, minutes: float,
              has_plot: bool) -> str:
     """The report's text: protocol, table, what each select row chose, each trained row's command."""
@@ -141,9 +153,10 @@ def markdown(table: pd.DataFrame, ablation: Ablation, command: str, commit: str,
              "of 5 with 15 % of the patient groups held out. Scores: the held-out **test** patients, every slice at "
              "its original size (`scripts/evaluate.py --part test`); pooled Dice, precision and recall, mean "
              "per-image Dice and HD95. Select rows train nothing: they copy the checkpoint of the row named in "
-             "*source* and choose post-processing (and flip TTA) on its validation patients. Gains are in Dice "
-             "points, over the row named in *compared with* and over the paper's recipe.", "",
-             f"Command: `{command}`  ", f"Commit: `{commit}`", ""]
+             "*source* and choose post-processing (and flip TTA) on its validation patients. *epochs* counts the "
+             "epochs begun (the budget cuts the last one short). Gains are in Dice points, over the row named in "
+             "*compared with* and over the paper's recipe.", "",
+             f"Command: `{command}`  ", commit_line(table, commit), ""]
     if table.empty:
         return "\n".join([*lines, "No row has finished yet."]) + "\n"
     has_ci = any(c.endswith("_ci95_low") for c in table.columns)
