@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -175,11 +176,13 @@ def test_report_only_shows_the_command_that_trains_the_rows(tmp_path, monkeypatc
     from lightning_bts.experiments import ablation
     _fake_row(tmp_path / "runs", "paper", 0.50, [1.0])
     rows = tmp_path / "rows.yaml"
-    rows.write_text(yaml.safe_dump({"reference": "paper", "rows": [{"name": "paper", "config": "configs/quick_cpu.yaml"}]}))
-    out = ablation.main(["--rows", str(rows), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
-                         "--minutes", "3", "--report-only"])
-    text = (out / "ablation.md").read_text()
-    assert f"Command: `python scripts/ablation.py --rows {rows} --runs {tmp_path / 'runs'} --out {tmp_path / 'report'} --minutes 3`" in text
+    rows.write_text(yaml.safe_dump({"reference": "paper",
+                                    "rows": [{"name": "paper", "config": "configs/quick_cpu.yaml"}]}))
+    arguments = ["--rows", str(rows), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "report"),
+                 "--minutes", "3"]
+    out = ablation.main([*arguments, "--report-only"])
+    shown = shlex.join(["python", "scripts/ablation.py", *arguments])
+    assert f"Command: `{shown}`" in (out / "ablation.md").read_text()
 
 
 def test_the_report_states_each_models_training_precision(tmp_path):
@@ -187,10 +190,12 @@ def test_the_report_states_each_models_training_precision(tmp_path):
     _fake_row(runs, "paper", 0.50, [1.0])
     _fake_row(runs, "norm", 0.60, [1.5])
     for name, precision in (("paper", "32-true"), ("norm", "bf16-mixed")):
-        (RowFiles.of(runs, name).run_dir / "config.yaml").write_text(yaml.safe_dump({"trainer": {"precision": precision}}))
+        config = yaml.safe_dump({"trainer": {"precision": precision}})
+        (RowFiles.of(runs, name).run_dir / "config.yaml").write_text(config)
     text = write_report(_ablation(tmp_path), runs, tmp_path / "mixed", "c", "abc", 3).read_text()
     assert "Training precision: paper 32-true, norm bf16-mixed." in text
-    (RowFiles.of(runs, "paper").run_dir / "config.yaml").write_text(yaml.safe_dump({"trainer": {"precision": "bf16-mixed"}}))
+    bf16 = yaml.safe_dump({"trainer": {"precision": "bf16-mixed"}})
+    (RowFiles.of(runs, "paper").run_dir / "config.yaml").write_text(bf16)
     text = write_report(_ablation(tmp_path), runs, tmp_path / "same", "c", "abc", 3).read_text()
     assert "Training precision: bf16-mixed for every row's model." in text
     assert build_table(_ablation(tmp_path), runs)["training_precision"].tolist() == ["bf16-mixed", "bf16-mixed"]

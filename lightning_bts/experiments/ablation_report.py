@@ -1,9 +1,9 @@
 """The ablation's report: one table row per finished row, gains over the row above and over the paper, a plot.
 
 Reads only the files the runner left (``RUNS/<row>/row.json``, ``test/metrics.json`` from evaluate.py, the run's
-``metrics.csv``, ``config.yaml``), so the report can be rewritten at any time, and writes ``ablation.md``, ``ablation.csv`` and
-``dice_vs_minutes.png``. Every number of the Markdown is in the CSV. ``ci95`` (a patient bootstrap interval per
-metric, when evaluate.py wrote one) is used where present and never required.
+``metrics.csv`` and ``config.yaml``), so the report can be rewritten at any time, and writes ``ablation.md``,
+``ablation.csv`` and ``dice_vs_minutes.png``. Every number of the Markdown is in the CSV. ``ci95`` (a patient
+bootstrap interval per metric, when evaluate.py wrote one) is used where present and never required.
 """
 
 from __future__ import annotations
