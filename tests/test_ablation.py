@@ -172,7 +172,7 @@ def test_rows_scored_at_different_commits_are_named_with_their_commits(tmp_path)
     assert "Commit: `now`" in empty
 
 
-def test_report_only_shows_the_command_that_trains_the_rows(tmp_path, monkeypatch):
+def test_report_only_shows_the_command_that_trains_the_rows(tmp_path):
     from lightning_bts.experiments import ablation
     _fake_row(tmp_path / "runs", "paper", 0.50, [1.0])
     rows = tmp_path / "rows.yaml"
