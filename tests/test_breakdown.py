@@ -36,6 +36,29 @@ def test_each_patient_counts_once_and_the_largest_is_named():
     assert largest["dice"] == pytest.approx(0.5)
 
 
+def test_the_patient_with_most_errors_is_named_with_its_share_of_the_lost_dice():
+    scores = subgroup_scores(_slices())["by_patient"]
+    # errors (FP + FN): A 450 + 450, B 0, C 0, D 50; pooled Dice 1300/2250, so 1 - Dice = 950/2250 and A's share
+    # of what it loses is 900/950
+    worst = scores["most_errors"]
+    assert worst["patient_group"] == "A" and worst["slices"] == 2
+    assert worst["error_pixel_share"] == pytest.approx(900 / 950)
+    assert worst["tumor_pixel_share"] == pytest.approx(900 / 1150)
+    assert worst["dice"] == pytest.approx(0.5)
+    # a small tumour can lose more than a large one: D's missed slice grows to 1000 pixels of 2000
+    table = _slices()
+    table.loc[4, "fn"] = 1000
+    table = pd.concat([table, pd.DataFrame({"patient_group": ["D"], "tumor_type": ["pituitary"], "tp": [1000],
+                                            "fp": [0], "fn": [0]})], ignore_index=True)
+    worst = subgroup_scores(table)["by_patient"]["most_errors"]
+    assert worst["patient_group"] == "D" and worst["error_pixel_share"] == pytest.approx(1000 / 1900)
+
+
+def test_no_errors_at_all_gives_a_zero_share():
+    table = pd.DataFrame({"patient_group": ["A", "B"], "tp": [10, 5], "fp": [0, 0], "fn": [0, 0]})
+    assert subgroup_scores(table)["by_patient"]["most_errors"]["error_pixel_share"] == 0.0
+
+
 def test_tumour_types_are_pooled_within_each_type():
     types = subgroup_scores(_slices())["by_tumor_type"]
     assert set(types) == {"glioma", "meningioma", "pituitary"}
@@ -83,4 +106,6 @@ def test_the_table_prints_both():
                    **subgroup_scores(_slices()))
     table = format_table(metrics)
     assert "per patient: mean Dice 62.50%, median 75.00% over 4 patients; the largest, A (2 slices), holds 78%" in table
+    assert ("most of the errors: A (2 slices) holds 95% of the false and missed pixels (what pooled Dice loses) "
+            "and 78% of the tumour pixels, Dice 50.00%") in table
     assert "glioma:     Dice 50.00%, precision 50.00%, recall 50.00% (2 slices, 1 patient, 78% of" in table

@@ -4,10 +4,13 @@ Pooled Dice sums the pixels of every slice before taking the ratio, so a patient
 weighs as much as all the others together. On figshare's fold-0 test split one glioma patient group
 (``MR040240``: four scans, 97 of 301 slices) holds about half of the tumour pixels, and the pooled test Dice is
 then mostly that patient's. A reader needs to see this beside the pooled number: ``by_patient`` gives the mean
-and median of each patient's own pooled Dice (every patient counts once, as challenges score cases) and the
-patient with the largest share of tumour pixels; ``by_tumor_type`` the pooled ratios of each tumour type with
-its slices, patients and share of the tumour pixels. Both come from the per-slice TP/FP/FN counts of
-``per_image.csv`` with :func:`lightning_bts.metrics.ratios_from_stats`'s rule for a zero denominator.
+and median of each patient's own pooled Dice (every patient counts once, as challenges score cases), the
+patient with the largest share of tumour pixels, and the patient with the largest share of the errors (false
+positive plus missed pixels: ``1 - Dice = (FP + FN) / (2 TP + FP + FN)``, so that share is the share of what
+the pooled Dice loses; on fold 0's validation one glioma patient loses a third of it). ``by_tumor_type`` gives
+the pooled ratios of each tumour type with its slices, patients and share of the tumour pixels. Both come from
+the per-slice TP/FP/FN counts of ``per_image.csv`` with :func:`lightning_bts.metrics.ratios_from_stats`'s rule
+for a zero denominator.
 """
 
 from __future__ import annotations
@@ -63,7 +66,10 @@ def subgroup_scores(per_image: pd.DataFrame) -> dict[str, Any]:
         return pixels / all_tumor if all_tumor > 0 else 0.0
 
     patients = _groups(table, table["patient_group"])
+    errors = patients["fp"] + patients["fn"]
+    all_errors = float(errors.sum())
     largest = patients["tumor"].idxmax()
+    most_errors = errors.idxmax()
     result: dict[str, Any] = {"by_patient": {
         "patients": len(patients),
         "dice_mean": float(patients["dice"].mean()),
@@ -71,6 +77,10 @@ def subgroup_scores(per_image: pd.DataFrame) -> dict[str, Any]:
         "largest": {"patient_group": str(largest), "slices": int(patients.loc[largest, "slices"]),
                     "tumor_pixel_share": share(float(patients.loc[largest, "tumor"])),
                     "dice": float(patients.loc[largest, "dice"])},
+        "most_errors": {"patient_group": str(most_errors), "slices": int(patients.loc[most_errors, "slices"]),
+                        "error_pixel_share": float(errors[most_errors]) / all_errors if all_errors > 0 else 0.0,
+                        "tumor_pixel_share": share(float(patients.loc[most_errors, "tumor"])),
+                        "dice": float(patients.loc[most_errors, "dice"])},
     }}
 
     if "tumor_type" in table.columns:

@@ -143,6 +143,11 @@ def _subgroup_lines(metrics: Mapping[str, Any]) -> list[str]:
                      f"{largest['patient_group']} ({largest['slices']} slices), holds "
                      f"{100 * largest['tumor_pixel_share']:.0f}% of the tumour pixels, "
                      f"Dice {100 * largest['dice']:.2f}%")
+        worst = patients["most_errors"]
+        lines.append(f"most of the errors: {worst['patient_group']} ({worst['slices']} slices) holds "
+                     f"{100 * worst['error_pixel_share']:.0f}% of the false and missed pixels (what pooled Dice "
+                     f"loses) and {100 * worst['tumor_pixel_share']:.0f}% of the tumour pixels, "
+                     f"Dice {100 * worst['dice']:.2f}%")
     for name, scores in (metrics.get("by_tumor_type") or {}).items():
         lines.append(f"{name + ':':<12}Dice {100 * scores['dice']:.2f}%, precision {100 * scores['precision']:.2f}%, "
                      f"recall {100 * scores['recall']:.2f}% ({scores['slices']} slices, "
