@@ -68,19 +68,20 @@ def subgroup_scores(per_image: pd.DataFrame) -> dict[str, Any]:
     patients = _groups(table, table["patient_group"])
     errors = patients["fp"] + patients["fn"]
     all_errors = float(errors.sum())
-    largest = patients["tumor"].idxmax()
+
+    def patient(name: str) -> dict[str, Any]:
+        row = patients.loc[name]
+        return {"patient_group": str(name), "slices": int(row["slices"]),
+                "tumor_pixel_share": share(float(row["tumor"])), "dice": float(row["dice"])}
+
     most_errors = errors.idxmax()
     result: dict[str, Any] = {"by_patient": {
         "patients": len(patients),
         "dice_mean": float(patients["dice"].mean()),
         "dice_median": float(patients["dice"].median()),
-        "largest": {"patient_group": str(largest), "slices": int(patients.loc[largest, "slices"]),
-                    "tumor_pixel_share": share(float(patients.loc[largest, "tumor"])),
-                    "dice": float(patients.loc[largest, "dice"])},
-        "most_errors": {"patient_group": str(most_errors), "slices": int(patients.loc[most_errors, "slices"]),
-                        "error_pixel_share": float(errors[most_errors]) / all_errors if all_errors > 0 else 0.0,
-                        "tumor_pixel_share": share(float(patients.loc[most_errors, "tumor"])),
-                        "dice": float(patients.loc[most_errors, "dice"])},
+        "largest": patient(patients["tumor"].idxmax()),
+        "most_errors": {**patient(most_errors),
+                        "error_pixel_share": float(errors[most_errors]) / all_errors if all_errors > 0 else 0.0},
     }}
 
     if "tumor_type" in table.columns:
