@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lightning_bts.errors import ConfigError
-from lightning_bts.evaluation.bootstrap import CI_NAMES, confidence_intervals, patient_bootstrap
+from lightning_bts.evaluation.bootstrap import CI_NAMES, confidence_intervals, patient_bootstrap, point_scores
 from lightning_bts.evaluation.evaluate_cli import parse_args
 from lightning_bts.evaluation.outputs import format_table
 from lightning_bts.evaluation.scoring import SliceScores
@@ -52,6 +52,13 @@ def test_the_interval_contains_the_point_estimate():
     for name, value in _point(per_image, scores).items():
         low, high = result["ci95"][name]
         assert low < value < high, (name, low, value, high)
+
+
+def test_the_point_values_are_the_evaluations_own():
+    per_image, scores = _slices(_patients(0.15))
+    assert point_scores(per_image) == pytest.approx(_point(per_image, scores))
+    with pytest.raises(ConfigError, match="at least one scored slice"):
+        point_scores(per_image.iloc[:0])
 
 
 def test_the_same_seed_gives_the_same_interval_whatever_the_row_order():

@@ -28,6 +28,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
                      "--output", str(tmp / "pred")], "missing.ckpt"),
         "export": (["--ckpt", str(tmp / "missing.ckpt"), "--output", str(tmp / "m.onnx")], "missing.ckpt"),
         "select_postprocessing": (["--ckpt", str(tmp / "missing.ckpt")], "missing.ckpt"),
+        "compare": ([str(missing / "a.csv"), str(missing / "b.csv")], str(missing / "a.csv")),
         "report": ([str(missing)], "not a cross-validation results folder"),
         "tune": (["--config", str(REPO / "configs/quick_cpu.yaml"), "--space", str(tmp / "missing.yaml"),
                   "--output-dir", str(tmp / "tune")], "missing.yaml"),

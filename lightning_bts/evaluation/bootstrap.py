@@ -37,22 +37,12 @@ DEFAULT_SEED = 0
 LEVEL = 0.95
 
 
-def patient_bootstrap(
-    per_image: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
-) -> dict[str, np.ndarray]:
-    """The statistics of :data:`CI_NAMES` in each of ``n_resamples`` resamples of the patients: ``(n_resamples,)``.
-
-    ``per_image`` has one row per slice with :data:`REQUIRED_COLUMNS` (as ``per_image.csv``); the order of its
-    rows does not matter (patients are sorted). The draws come from ``numpy.random.default_rng(seed)``. An
-    ``hd95`` is NaN in a resample whose slices have no defined HD95.
-    """
+def _patient_sums(per_image: pd.DataFrame) -> np.ndarray:
+    """Per patient (sorted by ``patient_group``): summed TP, FP, FN, slices, Dice, defined HD95 and their count."""
     missing = [c for c in REQUIRED_COLUMNS if c not in per_image.columns]
     if missing:
-        raise ConfigError(f"a bootstrap over patients needs the per-slice columns {missing}")
-    if n_resamples < 1:
-        raise ConfigError(f"the number of bootstrap resamples must be positive, got {n_resamples}")
+        raise ConfigError(f"scores over patients need the per-slice columns {missing}")
     _, patient = np.unique(per_image["patient_group"].astype(str).to_numpy(), return_inverse=True)
-    n_patients = int(patient.max()) + 1
     hd95 = per_image["hd95"].to_numpy(dtype=float)
     defined = ~np.isnan(hd95)
     per_slice = np.column_stack([
@@ -60,20 +50,51 @@ def patient_bootstrap(
         per_image["fn"].to_numpy(dtype=float), np.ones(len(per_image)), per_image["dice"].to_numpy(dtype=float),
         np.where(defined, hd95, 0.0), defined.astype(float),
     ])
-    per_patient = np.zeros((n_patients, per_slice.shape[1]))
+    per_patient = np.zeros((int(patient.max()) + 1 if len(patient) else 0, per_slice.shape[1]))
     np.add.at(per_patient, patient, per_slice)
+    return per_patient
 
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, n_patients, size=(n_resamples, n_patients))
-    # how often each patient was drawn in each resample, then the sums over the drawn slices
-    counts = np.bincount((drawn + n_patients * np.arange(n_resamples)[:, None]).ravel(),
-                         minlength=n_resamples * n_patients).reshape(n_resamples, n_patients)
+
+def _statistics(counts: np.ndarray, per_patient: np.ndarray) -> dict[str, np.ndarray]:
+    """The statistics of :data:`CI_NAMES` of each row of ``counts`` (how often each patient is drawn)."""
     tp, fp, fn, slices, dice_sum, hd95_sum, hd95_defined = (counts @ per_patient).T
     pooled = ratios_from_stats(*(torch.from_numpy(x) for x in (tp, fp, np.zeros_like(tp), fn)))
     with np.errstate(invalid="ignore", divide="ignore"):
         hd95_mean = np.where(hd95_defined > 0, hd95_sum / hd95_defined, np.nan)
     return {"dice": pooled["dice"].numpy(), "dice_per_image": dice_sum / slices,
             "precision": pooled["precision"].numpy(), "recall": pooled["recall"].numpy(), "hd95": hd95_mean}
+
+
+def point_scores(per_image: pd.DataFrame) -> dict[str, float]:
+    """The statistics of :data:`CI_NAMES` on the slices as they are (every patient once): the values whose
+    intervals :func:`patient_bootstrap` resamples, computed by the same code."""
+    per_patient = _patient_sums(per_image)
+    if len(per_patient) == 0:
+        raise ConfigError("scores over patients need at least one scored slice")
+    return {name: float(value[0]) for name, value in _statistics(np.ones((1, len(per_patient))), per_patient).items()}
+
+
+def patient_bootstrap(
+    per_image: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> dict[str, np.ndarray]:
+    """The statistics of :data:`CI_NAMES` in each of ``n_resamples`` resamples of the patients: ``(n_resamples,)``.
+
+    ``per_image`` has one row per slice with :data:`REQUIRED_COLUMNS` (as ``per_image.csv``); the order of its
+    rows does not matter (patients are sorted). The draws come from ``numpy.random.default_rng(seed)``, so two
+    evaluations of the same patients with the same seed draw the same patients in every resample (the paired
+    differences of :mod:`lightning_bts.experiments.comparison`). An ``hd95`` is NaN in a resample whose slices
+    have no defined HD95.
+    """
+    if n_resamples < 1:
+        raise ConfigError(f"the number of bootstrap resamples must be positive, got {n_resamples}")
+    per_patient = _patient_sums(per_image)
+    n_patients = len(per_patient)
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, n_patients, size=(n_resamples, n_patients))
+    # how often each patient was drawn in each resample, then the sums over the drawn slices
+    counts = np.bincount((drawn + n_patients * np.arange(n_resamples)[:, None]).ravel(),
+                         minlength=n_resamples * n_patients).reshape(n_resamples, n_patients)
+    return _statistics(counts, per_patient)
 
 
 def confidence_intervals(
