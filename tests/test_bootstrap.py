@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from lightning_bts.errors import ConfigError
-from lightning_bts.evaluation.bootstrap import CI_NAMES, confidence_intervals, patient_bootstrap, point_scores
+from lightning_bts.evaluation.bootstrap import (
+    CI_NAMES,
+    confidence_intervals,
+    patient_bootstrap,
+    patient_scores,
+    point_scores,
+)
+from lightning_bts.evaluation.breakdown import subgroup_scores
 from lightning_bts.evaluation.evaluate_cli import parse_args
 from lightning_bts.evaluation.outputs import format_table
 from lightning_bts.evaluation.scoring import SliceScores
@@ -59,6 +66,16 @@ def test_the_point_values_are_the_evaluations_own():
     assert point_scores(per_image) == pytest.approx(_point(per_image, scores))
     with pytest.raises(ConfigError, match="at least one scored slice"):
         point_scores(per_image.iloc[:0])
+
+
+def test_per_patient_values_are_each_patients_own():
+    per_image, _ = _slices(_patients(0.15))
+    patients = patient_scores(per_image)
+    by_patient = subgroup_scores(per_image)["by_patient"]
+    assert len(patients["dice"]) == by_patient["patients"] == 12
+    assert patients["dice"].mean() == pytest.approx(by_patient["dice_mean"])  # pooled per patient, as metrics.json
+    slice_means = per_image.groupby(per_image["patient_group"].astype(str))["dice"].mean()  # sorted patients
+    assert patients["dice_per_image"] == pytest.approx(slice_means.to_numpy())
 
 
 def test_the_same_seed_gives_the_same_interval_whatever_the_row_order():

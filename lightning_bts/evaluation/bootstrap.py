@@ -65,13 +65,36 @@ def _statistics(counts: np.ndarray, per_patient: np.ndarray) -> dict[str, np.nda
             "precision": pooled["precision"].numpy(), "recall": pooled["recall"].numpy(), "hd95": hd95_mean}
 
 
-def point_scores(per_image: pd.DataFrame) -> dict[str, float]:
-    """The statistics of :data:`CI_NAMES` on the slices as they are (every patient once): the values whose
-    intervals :func:`patient_bootstrap` resamples, computed by the same code."""
+def _nonempty_patient_sums(per_image: pd.DataFrame) -> np.ndarray:
     per_patient = _patient_sums(per_image)
     if len(per_patient) == 0:
         raise ConfigError("scores over patients need at least one scored slice")
+    return per_patient
+
+
+def point_scores(per_image: pd.DataFrame) -> dict[str, float]:
+    """The statistics of :data:`CI_NAMES` on the slices as they are (every patient once): the values whose
+    intervals :func:`patient_bootstrap` resamples, computed by the same code."""
+    per_patient = _nonempty_patient_sums(per_image)
     return {name: float(value[0]) for name, value in _statistics(np.ones((1, len(per_patient))), per_patient).items()}
+
+
+def patient_scores(per_image: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The statistics of :data:`CI_NAMES` of each patient's own slices, patients sorted by ``patient_group``:
+    ``dice`` is the patient's pooled Dice (as ``by_patient`` in metrics.json), ``dice_per_image`` the mean Dice of
+    its slices."""
+    per_patient = _nonempty_patient_sums(per_image)
+    return _statistics(np.eye(len(per_patient)), per_patient)
+
+
+def percentile_interval(values: np.ndarray) -> tuple[float, float]:
+    """The :data:`LEVEL` percentile interval of resampled values, NaNs left out (NaN, NaN when none is left)."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return np.nan, np.nan
+    tail = 100 * (1 - LEVEL) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def patient_bootstrap(
@@ -113,11 +136,6 @@ def confidence_intervals(
         return {"ci_method": f"none: a bootstrap over patients needs at least 2 patients, these slices come from "
                              f"{n_patients}"}
     resampled = patient_bootstrap(per_image, n_resamples, seed)
-    tail = 100 * (1 - LEVEL) / 2
-    intervals = {}
-    for name in CI_NAMES:
-        values = resampled[name][~np.isnan(resampled[name])]
-        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
-        intervals[name] = [float(low), float(high)]
+    intervals = {name: list(percentile_interval(resampled[name])) for name in CI_NAMES}
     return {"ci95": intervals, "ci_method": f"bootstrap over {n_patients} patients, {n_resamples} resamples, "
                                            f"percentile, seed {seed}"}

@@ -35,9 +35,10 @@ from lightning_bts.evaluation.bootstrap import (
     CI_NAMES,
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
-    LEVEL,
     REQUIRED_COLUMNS,
     patient_bootstrap,
+    patient_scores,
+    percentile_interval,
     point_scores,
 )
 from lightning_bts.experiments.stats import PairedTest, wilcoxon_signed_rank
@@ -103,14 +104,14 @@ def _paired_rows(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]) -> tu
             repeated = table["key"][table["key"].duplicated()].iloc[0]
             raise ConfigError(f"{name}: the slice {repeated} is scored twice; one evaluation of each slice was "
                               "expected")
-    only_a = sorted(set(a["key"].astype(str)) - set(b["key"].astype(str)))
-    only_b = sorted(set(b["key"].astype(str)) - set(a["key"].astype(str)))
+    a, b = (table.assign(key=table["key"].astype(str), patient_group=table["patient_group"].astype(str))
+            .sort_values("key", ignore_index=True) for table in (a, b))
+    only_a = sorted(set(a["key"]) - set(b["key"]))
+    only_b = sorted(set(b["key"]) - set(a["key"]))
     if only_a or only_b:
         raise ConfigError(f"the two files score different slices: {len(only_a)} only in {names[0]} "
                           f"(first {only_a[:3]}), {len(only_b)} only in {names[1]} (first {only_b[:3]}); "
                           "compare evaluations of the same --part of the same split")
-    a, b = (table.assign(key=table["key"].astype(str), patient_group=table["patient_group"].astype(str))
-            .sort_values("key", ignore_index=True) for table in (a, b))
     if not (a["patient_group"] == b["patient_group"]).all():
         raise ConfigError(f"{names[0]} and {names[1]} put the same slices in different patient groups")
     return a, b
@@ -126,35 +127,21 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPL
     a, b = _paired_rows(a, b, names)
     points_a, points_b = point_scores(a), point_scores(b)
     resampled_a, resampled_b = patient_bootstrap(a, n_resamples, seed), patient_bootstrap(b, n_resamples, seed)
-    tail = 100 * (1 - LEVEL) / 2
-    differences = []
-    for name in CI_NAMES:
-        delta = resampled_a[name] - resampled_b[name]
-        delta = delta[~np.isnan(delta)]
-        low, high = np.percentile(delta, [tail, 100 - tail]) if len(delta) else (np.nan, np.nan)
-        differences.append(Difference(name, points_a[name], points_b[name], float(low), float(high)))
-
-    slice_means_a = a.groupby("patient_group")["dice"].mean()
-    slice_means_b = b.groupby("patient_group")["dice"].mean()
-    pooled_a = _pooled_by_patient(a)
-    pooled_b = _pooled_by_patient(b)
+    differences = tuple(Difference(name, points_a[name], points_b[name],
+                                   *percentile_interval(resampled_a[name] - resampled_b[name])) for name in CI_NAMES)
+    patients_a, patients_b = patient_scores(a), patient_scores(b)  # the same patients in the same (sorted) order
+    slice_dice_a, slice_dice_b = a["dice"].to_numpy(), b["dice"].to_numpy()
     return Comparison(
-        n_slices=len(a), n_patients=len(slice_means_a), n_resamples=n_resamples, seed=seed,
-        differences=tuple(differences),
-        slice_test=wilcoxon_signed_rank(a["dice"].to_numpy(), b["dice"].to_numpy()),
-        slices=Tally.of(a["dice"].to_numpy(), b["dice"].to_numpy()),
-        patients_by_slice_mean=Tally.of(slice_means_a.to_numpy(), slice_means_b.to_numpy()),
-        patients_by_pooled=Tally.of(pooled_a.to_numpy(), pooled_b.to_numpy()),
-        patient_means={"mean per-slice Dice": (float(slice_means_a.mean()), float(slice_means_b.mean())),
-                       "pooled Dice": (float(pooled_a.mean()), float(pooled_b.mean()))},
+        n_slices=len(a), n_patients=len(patients_a["dice"]), n_resamples=n_resamples, seed=seed,
+        differences=differences,
+        slice_test=wilcoxon_signed_rank(slice_dice_a, slice_dice_b),
+        slices=Tally.of(slice_dice_a, slice_dice_b),
+        patients_by_slice_mean=Tally.of(patients_a["dice_per_image"], patients_b["dice_per_image"]),
+        patients_by_pooled=Tally.of(patients_a["dice"], patients_b["dice"]),
+        patient_means={"mean per-slice Dice": (float(patients_a["dice_per_image"].mean()),
+                                               float(patients_b["dice_per_image"].mean())),
+                       "pooled Dice": (float(patients_a["dice"].mean()), float(patients_b["dice"].mean()))},
     )
-
-
-def _pooled_by_patient(per_image: pd.DataFrame) -> pd.Series:
-    """Each patient's pooled Dice (by ``patient_group``, sorted), as ``by_patient`` of metrics.json counts it."""
-    groups = per_image.groupby("patient_group").agg(tp=("tp", "sum"), fp=("fp", "sum"), fn=("fn", "sum"))
-    denominator = 2 * groups["tp"] + groups["fp"] + groups["fn"]
-    return (2 * groups["tp"] / denominator.where(denominator > 0)).fillna(1.0)
 
 
 def format_comparison(comparison: Comparison, names: tuple[str, str] = ("A", "B")) -> str:
