@@ -8,6 +8,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= xla,tune,keras,export,io,dev
+# The Keras original's focal loss, for the parity checks. --no-deps: it requires the full `tensorflow`, which would
+# install over the keras extra's tensorflow-cpu (same folder; torch_xla warns, TensorFlow probes for CUDA).
+FOCAL_LOSS := focal-loss==0.0.7
 # --no-cache-dir: the venv takes about 11 GB (torch's CUDA libraries alone 4.3 GB); pip's wheel cache would hold a
 # second copy of the downloads on the same disk, and a CI run once failed on "No space left on device" while installing.
 
@@ -19,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
 	$(PY) -m pip install --quiet --no-cache-dir -e ".[$(EXTRAS)]"
+	$(if $(findstring keras,$(EXTRAS)),$(PY) -m pip install --quiet --no-cache-dir --no-deps "$(FOCAL_LOSS)")
 	touch $@
 
 run: setup

@@ -1,7 +1,8 @@
 """The paper's Keras U-Net, rebuilt layer for layer, as the reference for parity checks and benchmarks.
 
 TensorFlow/Keras are imported lazily (only when a function here is called) so the rest of the package, and
-:mod:`lightning_bts.keras.weights`, work without them. Install them with ``pip install 'lightning_bts[keras]'``.
+:mod:`lightning_bts.keras.weights`, work without them. Install them with ``pip install 'lightning_bts[keras]'``
+and ``pip install --no-deps focal-loss==0.0.7`` (``make setup`` does both; why ``--no-deps``: ``pyproject.toml``).
 
 The model is the notebook's, including ``Lambda(lambda x: x / 255)`` as its first layer, so the files it
 saves have the same layer list as the original's (which is what :mod:`lightning_bts.keras.weights` must read).
@@ -21,7 +22,8 @@ from lightning_bts.models.unet import paper_dropout_rates
 
 _MISSING_KERAS = (
     "the Keras reference needs TensorFlow, Keras and focal-loss, which are not installed; "
-    "install them with: pip install 'lightning_bts[keras]'"
+    "install them with: pip install 'lightning_bts[keras]' && pip install --no-deps focal-loss==0.0.7 "
+    "(--no-deps: focal-loss asks for the full tensorflow, which would install over tensorflow-cpu)"
 )
 
 
