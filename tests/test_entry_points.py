@@ -74,3 +74,14 @@ def test_an_internal_bug_keeps_its_traceback(tmp_path):
             "run_main(main)\n")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 1 and "Traceback" in completed.stderr and "KeyError" in completed.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_script_quietly():
+    """``scripts/compare.py A B | head`` printed a BrokenPipeError traceback once ``head`` had its lines."""
+    code = ("from lightning_bts.errors import run_main\n"
+            "def main():\n    for i in range(100000):\n        print('line', i)\n"
+            "run_main(main)\n")
+    completed = subprocess.run(f"{sys.executable} -c \"{code}\" | head -n 1", shell=True, capture_output=True,
+                               text=True, timeout=60, executable="/bin/bash")
+    assert completed.stdout == "line 0\n"
+    assert completed.stderr == "", completed.stderr
