@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -81,7 +82,8 @@ def test_a_reader_that_stops_early_ends_the_script_quietly():
     code = ("from lightning_bts.errors import run_main\n"
             "def main():\n    for i in range(100000):\n        print('line', i)\n"
             "run_main(main)\n")
-    completed = subprocess.run(f"{sys.executable} -c \"{code}\" | head -n 1", shell=True, capture_output=True,
-                               text=True, timeout=60, executable="/bin/bash")
+    pipeline = f"{shlex.join([sys.executable, '-c', code])} | head -n 1"
+    completed = subprocess.run(pipeline, shell=True, capture_output=True, text=True, timeout=60,
+                               executable="/bin/bash")
     assert completed.stdout == "line 0\n"
     assert completed.stderr == "", completed.stderr
