@@ -43,8 +43,7 @@ def test_the_shipped_rows_add_one_ingredient_per_row():
 
 
 def test_the_loss_row_is_the_best_cpu_recipe_and_the_paper_row_the_paper_bce_recipe(tmp_path):
-    """All ingredients added = configs/best_cpu.yaml (but for the budget and its newer loss); the first row = paper_bce
-    at 128x128."""
+    """All ingredients added = configs/best_cpu.yaml (but for the budget); the first row = paper_bce at 128x128."""
     from lightning_bts.training.cli import BTSCLI
 
     ablation = load_rows(ROWS_FILE, REPO)
@@ -54,19 +53,15 @@ def test_the_loss_row_is_the_best_cpu_recipe_and_the_paper_row_the_paper_bce_rec
         trainer = {key: cli.config.trainer.get(key) for key in ("accelerator", "precision", "max_epochs")}
         return dict(cli.model.hparams), dict(cli.datamodule.hparams), trainer, cli.config.seed_everything
 
-    # the ablation was measured with batch Dice + BCE; the recipe has since moved to Dice per slice + BCE
-    # (reports/best_recipe/dice_image.md), its only difference from the loss row
     loss_row = parsed(ablation.row("loss").fit_args())
-    best_cpu = parsed(["--config", str(REPO / "configs/best_cpu.yaml")])
-    assert loss_row[0]["loss"] == "dice_bce_batch" and best_cpu[0]["loss"] == "dice_bce_image"
-    assert ({**loss_row[0], "loss": "dice_bce_image"}, *loss_row[1:]) == best_cpu
+    assert loss_row == parsed(["--config", str(REPO / "configs/best_cpu.yaml")])
     model, data, _, _ = parsed(ablation.row("paper").fit_args())
     paper_model, paper_data, _, _ = parsed(["--config", str(REPO / "configs/paper_bce.yaml")])
     assert model == {**paper_model, "channels_last": True}  # speed only
     differing = {key for key in data if data[key] != paper_data[key]}
     assert differing == {"image_size", "test_fraction"} and data["image_size"] == 128
     smp_model, *_ = parsed(ablation.row("smp_unet_resnet18").fit_args())
-    assert smp_model["arch"] == "Unet" and smp_model["encoder"] == "resnet18" and smp_model["loss"] == "dice_bce_batch"
+    assert smp_model["arch"] == "Unet" and smp_model["encoder"] == "resnet18" and smp_model["loss"] == "dice_bce_image"
 
 
 @pytest.mark.parametrize(("rows", "message"), [
