@@ -76,8 +76,15 @@ def _repo_files() -> set[str]:
 
 @pytest.fixture(autouse=True)
 def leave_no_artifacts_behind():
-    """No test may write into the repository."""
+    """No test may write into the repository.
+
+    The check sees the whole checkout, so files another process writes meanwhile (a training run saving into this
+    checkout's runs/) show up as the running test's; the message says so, because the fix then is a separate clone.
+    """
     before = _repo_files()
     yield
     added = sorted(os.path.relpath(p, REPO) for p in _repo_files() - before)
-    assert not added, f"test left files in the repository: {added[:10]}"
+    assert not added, (
+        f"test left files in the repository: {added[:10]} (if another process, such as a training run, writes "
+        "into this checkout while the suite runs, its files show here too: run the suite in a separate clone)"
+    )
