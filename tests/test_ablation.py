@@ -81,11 +81,33 @@ def test_the_loss_row_is_the_best_cpu_recipe_and_the_paper_row_the_paper_bce_rec
     ({"rows": [{"name": "a/b", "config": "configs/quick_cpu.yaml"}]}, "it is a folder"),
     ({"reference": "z", "rows": [{"name": "a", "config": "configs/quick_cpu.yaml"}]}, "reference: no row 'z'"),
     ({"rows": []}, "non-empty list 'rows'"),
+    ({"rows": [{"name": "a", "config": "configs/quick_cpu.yaml", "from_recipe": ["model.lr"]}]},
+     "from_recipe needs a top-level 'recipe: CONFIG'"),
+    ({"recipe": "configs/best_cpu.yaml", "rows": [{"name": "a", "config": "configs/quick_cpu.yaml",
+                                                  "from_recipe": ["model.nope"]}]},
+     "from_recipe: model.nope is not set in"),
+    ({"recipe": "configs/best_cpu.yaml", "rows": [{"name": "a", "config": "configs/quick_cpu.yaml"},
+                                                  {"name": "b", "select": "tta", "from_recipe": ["model.lr"]}]},
+     "a select row trains nothing"),
+    ({"recipe": "configs/missing.yaml", "rows": [{"name": "a", "config": "configs/quick_cpu.yaml"}]},
+     "recipe: config file configs/missing.yaml not found"),
 ])
 def test_a_bad_rows_file_names_the_row_and_the_key(rows, message):
     with pytest.raises(AblationError) as error:
         parse_rows(rows, Path("rows.yaml"), REPO)
     assert message in str(error.value) and "rows.yaml" in str(error.value)
+
+
+def test_from_recipe_takes_the_values_from_the_recipe_so_the_rows_follow_it(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"lr": 0.01, "norm": "group", "deep_supervision": True},
+                                      "data": {"augmentation": {"flip": 0.5}}}))
+    rows = {"recipe": str(recipe), "rows": [
+        {"name": "a", "config": "configs/quick_cpu.yaml", "args": ["--model.lr=1"],
+         "from_recipe": ["model.lr", "model.norm", "model.deep_supervision", "data.augmentation"]}]}
+    assert parse_rows(rows, tmp_path / "rows.yaml", REPO).row("a").args == (
+        "--model.lr=1", "--model.lr=0.01", "--model.norm=group", "--model.deep_supervision=true",
+        '--data.augmentation={"flip": 0.5}')
 
 
 def test_an_unknown_row_name_is_named():

@@ -5,6 +5,7 @@ that add it, and a new ingredient is a new row, not new code. The file::
 
     reference: paper              # every gain is also measured against this row
     common: [--data.fold=0, ...]  # overrides of every trained row (the split, size, loaders)
+    recipe: configs/best_cpu.yaml # where ``from_recipe`` reads its values
     rows:
       - name: paper               # folder name under the runs folder
         label: paper recipe       # the table's first column
@@ -12,7 +13,8 @@ that add it, and a new ingredient is a new row, not new code. The file::
         args: [--data.image_size=128]
         curve: true               # drawn in dice_vs_minutes.png
       - name: norm
-        args: [--model.norm=batch]       # a trained row: the trained row above (or ``base``) plus these
+        args: [--data.num_workers=2]     # a trained row: the trained row above (or ``base``) plus these
+        from_recipe: [model.norm]        # ... plus --model.norm=<the recipe's value>
       - name: postprocessing
         select: postprocessing    # no training: a copy of ``from``'s checkpoint (default: the trained row above),
                                   # post-processing chosen on validation ("postprocessing": no TTA; "tta": TTA allowed)
@@ -21,11 +23,14 @@ that add it, and a new ingredient is a new row, not new code. The file::
         compare: tta              # "gain over previous" is over this row (default: the row above)
 
 Rows are cumulative: a trained row without ``config`` starts from its ``base`` row's configs and overrides and
-appends its own ``args``, so the last ``--option=value`` wins, as on fit.py's command line.
+appends its own ``args``, then its ``from_recipe`` keys, so the last ``--option=value`` wins, as on fit.py's
+command line. ``from_recipe`` names an ingredient by its dotted key and takes the value from the recipe's config:
+when the recipe changes (a new learning rate), its ablation follows without a second copy of the value.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +41,9 @@ import yaml
 from lightning_bts.errors import UserError
 
 SELECTIONS = ("postprocessing", "tta")
-ROW_KEYS = {"name", "label", "config", "args", "base", "select", "from", "best_run", "compare", "curve"}
-TOP_KEYS = {"reference", "common", "rows"}
+ROW_KEYS = {"name", "label", "config", "args", "from_recipe", "base", "select", "from", "best_run", "compare",
+            "curve"}
+TOP_KEYS = {"reference", "common", "recipe", "rows"}
 # Set by the runner for every trained row (its folder, its budget); a row setting them would be overridden.
 RESERVED = ("--output_dir", "--run_name", "--version", "--ckpt_path", "--trainer.max_time")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -111,6 +117,38 @@ def _overrides(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _recipe_overrides(keys: Any, recipe: dict[str, Any] | None, where: str) -> tuple[str, ...]:
+    """``--key=value`` for each dotted key, with the value the recipe's config gives it (JSON for non-strings)."""
+    if keys is None:
+        return ()
+    if recipe is None:
+        raise AblationError(f"{where}: from_recipe needs a top-level 'recipe: CONFIG' to read the values from")
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise AblationError(f"{where}: from_recipe: expected a list of dotted keys like model.lr, got {keys!r}")
+    overrides = []
+    for key in keys:
+        value: Any = recipe["values"]
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise AblationError(f"{where}: from_recipe: {key} is not set in {recipe['path']}")
+            value = value[part]
+        overrides.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
+    return _overrides(overrides, f"{where}: from_recipe")
+
+
+def _load_recipe(value: Any, path: Path, base_dir: Path) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    recipe = _config_path(value, f"{path}: recipe", base_dir)
+    try:
+        values = yaml.safe_load(Path(recipe).read_text())
+    except yaml.YAMLError as error:
+        raise AblationError(f"{path}: recipe {recipe} is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise AblationError(f"{path}: recipe {recipe} is not a mapping of options")
+    return {"path": recipe, "values": values}
+
+
 def _config_path(value: Any, where: str, base_dir: Path) -> str:
     if not isinstance(value, str):
         raise AblationError(f"{where}: config must be a path, got {value!r}")
@@ -127,7 +165,8 @@ def _refer(entry: dict[str, Any], key: str, default: str | None, known: dict[str
     return target
 
 
-def _parse_row(entry: Any, index: int, rows: list[Row], common: tuple[str, ...], path: Path, base_dir: Path) -> Row:
+def _parse_row(entry: Any, index: int, rows: list[Row], common: tuple[str, ...], recipe: dict[str, Any] | None,
+               path: Path, base_dir: Path) -> Row:
     """One entry of ``rows``, resolved against the rows above it."""
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise AblationError(f"{path}: row {index + 1} needs a 'name' (got {entry!r})")
@@ -148,17 +187,18 @@ def _parse_row(entry: Any, index: int, rows: list[Row], common: tuple[str, ...],
               "compare": _refer(entry, "compare", rows[-1].name if rows else None, known, where),
               "curve": bool(entry.get("curve", False))}
     if entry.get("best_run"):
-        if {"config", "args", "base", "from"} & set(entry):
-            raise AblationError(f"{where}: a best_run row takes its run from --best-run: no config, args, base or from")
+        if {"config", "args", "from_recipe", "base", "from"} & set(entry):
+            raise AblationError(f"{where}: a best_run row takes its run from --best-run: no config, args, "
+                                "from_recipe, base or from")
         return Row(kind="best_run", **fields)
     if select is not None:
-        if {"config", "args", "base"} & set(entry):
-            raise AblationError(f"{where}: a select row trains nothing: no config, args or base")
+        if {"config", "args", "from_recipe", "base"} & set(entry):
+            raise AblationError(f"{where}: a select row trains nothing: no config, args, from_recipe or base")
         source = _refer(entry, "from", next((r.name for r in reversed(rows) if r.kind != "select"), None), known, where)
         if source is None or known[source].kind == "select":
             raise AblationError(f"{where}: from: needs a trained or best_run row above it to copy the checkpoint of")
         return Row(kind="select", source=source, **fields)
-    args = _overrides(entry.get("args"), f"{where}: args")
+    args = _overrides(entry.get("args"), f"{where}: args") + _recipe_overrides(entry.get("from_recipe"), recipe, where)
     if "config" in entry and "base" not in entry:
         return Row(kind="train", configs=(_config_path(entry["config"], where, base_dir),), args=common + args,
                    **fields)
@@ -178,7 +218,8 @@ def parse_rows(data: Any, path: Path, base_dir: Path | None = None) -> Ablation:
 
     Raises:
         AblationError: an unknown key, a duplicate or bad name, a row that refers to an unknown row, a bad
-            override, a missing config file. The message names the row and the key.
+            override, a missing config file, a ``from_recipe`` key the recipe does not set. The message names the
+            row and the key.
     """
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not data["rows"]:
         raise AblationError(f"{path}: expected a mapping with a non-empty list 'rows'")
@@ -186,9 +227,10 @@ def parse_rows(data: Any, path: Path, base_dir: Path | None = None) -> Ablation:
     if unknown:
         raise AblationError(f"{path}: unknown key(s) {sorted(unknown)}; expected {sorted(TOP_KEYS)}")
     common = _overrides(data.get("common"), f"{path}: common")
+    recipe = _load_recipe(data.get("recipe"), path, base_dir or Path.cwd())
     rows: list[Row] = []
     for index, entry in enumerate(data["rows"]):
-        rows.append(_parse_row(entry, index, rows, common, path, base_dir or Path.cwd()))
+        rows.append(_parse_row(entry, index, rows, common, recipe, path, base_dir or Path.cwd()))
     reference = data.get("reference", rows[0].name)
     if reference not in {row.name for row in rows}:
         raise AblationError(f"{path}: reference: no row {reference!r}")
