@@ -98,6 +98,21 @@ def test_a_bad_rows_file_names_the_row_and_the_key(rows, message):
     assert message in str(error.value) and "rows.yaml" in str(error.value)
 
 
+def test_a_rows_file_or_recipe_that_is_not_yaml_or_not_a_mapping_is_named(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rows: [unclosed\n")
+    with pytest.raises(AblationError, match=f"rows file {broken} is not valid YAML"):
+        load_rows(broken)
+    with pytest.raises(AblationError, match=f"rows file {tmp_path / 'gone.yaml'} not found"):
+        load_rows(tmp_path / "gone.yaml")
+    rows = {"recipe": str(broken), "rows": [{"name": "a", "config": "configs/quick_cpu.yaml"}]}
+    with pytest.raises(AblationError, match=f"recipe {broken} is not valid YAML"):
+        parse_rows(rows, Path("rows.yaml"), REPO)
+    broken.write_text("- a list, not options\n")
+    with pytest.raises(AblationError, match=f"rows.yaml: recipe: {broken} is not a mapping of options"):
+        parse_rows(rows, Path("rows.yaml"), REPO)
+
+
 def test_from_recipe_takes_the_values_from_the_recipe_so_the_rows_follow_it(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"model": {"lr": 0.01, "norm": "group", "deep_supervision": True},

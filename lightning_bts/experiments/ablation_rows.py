@@ -117,36 +117,52 @@ def _overrides(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _recipe_overrides(keys: Any, recipe: dict[str, Any] | None, where: str) -> tuple[str, ...]:
-    """``--key=value`` for each dotted key, with the value the recipe's config gives it (JSON for non-strings)."""
+def _read_yaml(path: Path, what: str) -> Any:
+    """The parsed YAML of ``path``; ``what`` names the file in the error (``rows file``, ``recipe``)."""
+    if not path.is_file():
+        raise AblationError(f"{what} {path} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise AblationError(f"{what} {path} is not valid YAML: {error}") from None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The config that ``from_recipe`` reads its values from (``recipe:`` in the rows file)."""
+
+    path: Path
+    values: dict[str, Any]
+
+    @classmethod
+    def load(cls, value: Any, where: str, base_dir: Path) -> Recipe:
+        path = Path(_config_path(value, where, base_dir))
+        values = _read_yaml(path, "recipe")
+        if not isinstance(values, dict):
+            raise AblationError(f"{where}: {path} is not a mapping of options")
+        return cls(path, values)
+
+    def overrides(self, keys: Any, where: str) -> tuple[str, ...]:
+        """``--key=value`` for each dotted key, with the value this config gives it (JSON for non-strings)."""
+        if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+            raise AblationError(f"{where}: from_recipe: expected a list of dotted keys like model.lr, got {keys!r}")
+        overrides = []
+        for key in keys:
+            value: Any = self.values
+            for part in key.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    raise AblationError(f"{where}: from_recipe: {key} is not set in {self.path}")
+                value = value[part]
+            overrides.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
+        return _overrides(overrides, f"{where}: from_recipe")
+
+
+def _recipe_overrides(keys: Any, recipe: Recipe | None, where: str) -> tuple[str, ...]:
     if keys is None:
         return ()
     if recipe is None:
         raise AblationError(f"{where}: from_recipe needs a top-level 'recipe: CONFIG' to read the values from")
-    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
-        raise AblationError(f"{where}: from_recipe: expected a list of dotted keys like model.lr, got {keys!r}")
-    overrides = []
-    for key in keys:
-        value: Any = recipe["values"]
-        for part in key.split("."):
-            if not isinstance(value, dict) or part not in value:
-                raise AblationError(f"{where}: from_recipe: {key} is not set in {recipe['path']}")
-            value = value[part]
-        overrides.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
-    return _overrides(overrides, f"{where}: from_recipe")
-
-
-def _load_recipe(value: Any, path: Path, base_dir: Path) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    recipe = _config_path(value, f"{path}: recipe", base_dir)
-    try:
-        values = yaml.safe_load(Path(recipe).read_text())
-    except yaml.YAMLError as error:
-        raise AblationError(f"{path}: recipe {recipe} is not valid YAML: {error}") from None
-    if not isinstance(values, dict):
-        raise AblationError(f"{path}: recipe {recipe} is not a mapping of options")
-    return {"path": recipe, "values": values}
+    return recipe.overrides(keys, where)
 
 
 def _config_path(value: Any, where: str, base_dir: Path) -> str:
@@ -165,7 +181,7 @@ def _refer(entry: dict[str, Any], key: str, default: str | None, known: dict[str
     return target
 
 
-def _parse_row(entry: Any, index: int, rows: list[Row], common: tuple[str, ...], recipe: dict[str, Any] | None,
+def _parse_row(entry: Any, index: int, rows: list[Row], common: tuple[str, ...], recipe: Recipe | None,
                path: Path, base_dir: Path) -> Row:
     """One entry of ``rows``, resolved against the rows above it."""
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
@@ -227,10 +243,11 @@ def parse_rows(data: Any, path: Path, base_dir: Path | None = None) -> Ablation:
     if unknown:
         raise AblationError(f"{path}: unknown key(s) {sorted(unknown)}; expected {sorted(TOP_KEYS)}")
     common = _overrides(data.get("common"), f"{path}: common")
-    recipe = _load_recipe(data.get("recipe"), path, base_dir or Path.cwd())
+    base_dir = base_dir or Path.cwd()
+    recipe = None if data.get("recipe") is None else Recipe.load(data["recipe"], f"{path}: recipe", base_dir)
     rows: list[Row] = []
     for index, entry in enumerate(data["rows"]):
-        rows.append(_parse_row(entry, index, rows, common, recipe, path, base_dir or Path.cwd()))
+        rows.append(_parse_row(entry, index, rows, common, recipe, path, base_dir))
     reference = data.get("reference", rows[0].name)
     if reference not in {row.name for row in rows}:
         raise AblationError(f"{path}: reference: no row {reference!r}")
@@ -244,13 +261,7 @@ def load_rows(path: str | Path, base_dir: str | Path | None = None) -> Ablation:
         AblationError: the file is missing, is not YAML, or its rows are invalid (:func:`parse_rows`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise AblationError(f"rows file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise AblationError(f"{path} is not valid YAML: {error}") from None
-    return parse_rows(data, path, Path(base_dir) if base_dir else None)
+    return parse_rows(_read_yaml(path, "rows file"), path, Path(base_dir) if base_dir else None)
 
 
 @dataclass(frozen=True)
