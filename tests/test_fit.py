@@ -74,6 +74,20 @@ def test_checkpoint_reloads_to_the_same_predictions(tmp_path):
     assert {"val/dice", "val/hd95", "val/precision_per_image", "train/loss"} <= set(result.metrics)
 
 
+def test_the_same_seed_repeats_a_run_to_the_same_weights_and_another_seed_does_not(tmp_path):
+    """What the README promises: on one machine, a seed fixes the weights, augmentation and loader workers included."""
+    def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
+        result = train(parse_config(TINY + ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+                                            "--data.num_workers", "2", "--data.augment", "1.0",
+                                            "--seed_everything", str(seed), "--output_dir", str(tmp_path / name)]))
+        return torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+
+    first, again, other = weights(7, "first"), weights(7, "again"), weights(8, "other")
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first)
+
+
 def test_a_caller_changes_a_config_object_and_trains_on_it(tmp_path):
     """train() takes the parsed config: cross-validation and tuning change values on it, never strings."""
     config = parse_config(TINY + ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"])
