@@ -105,7 +105,7 @@ def tumour_slice(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
 def test_each_augmentation_changes_the_slice_keeps_the_mask_binary_and_aligned(name):
     image, mask = tumour_slice()
     augment = train_augmentation(2.0, seed=3, probabilities={name: 1.0})
-    geometric = name in ("flip", "affine", "rotate", "scale", "grid")
+    geometric = name in ("flip", "vertical_flip", "affine", "rotate", "scale", "grid")
     for _ in range(5):
         out = augment(image=image, mask=mask)
         assert out["image"].shape == image.shape and out["image"].dtype == np.uint8

@@ -13,6 +13,7 @@ range: 0 turns augmentation off, 1 is the default, 2 twice as strong. Ranges at 
 name                     transform
 =======================  ==============================================================================
 ``flip``                 horizontal flip (left-right; the brain is roughly symmetric)
+``vertical_flip``        vertical flip (top-bottom): with ``flip``, nnU-Net's mirroring along both image axes
 ``affine``               the default's combined affine: scale ±10 %, shift ±5 %, rotate ±10°
 ``rotate``               rotation ±15°
 ``scale``                zoom ±15 %
@@ -54,6 +55,7 @@ def _affine(s: float, p: float) -> A.BasicTransform:
 # name -> builder(strength, probability); the order is the order of application.
 _BUILDERS: dict[str, Callable[[float, float], A.BasicTransform]] = {
     "flip": lambda s, p: A.HorizontalFlip(p=p),
+    "vertical_flip": lambda s, p: A.VerticalFlip(p=p),
     "affine": _affine,
     "rotate": lambda s, p: A.Affine(rotate=(-15 * s, 15 * s), **_GEOMETRIC, p=p),
     "scale": lambda s, p: A.Affine(scale=(max(0.1, 1 - 0.15 * s), 1 + 0.15 * s), **_GEOMETRIC, p=p),
