@@ -307,10 +307,10 @@ def test_the_runner_trains_selects_scores_reports_and_resumes(tmp_path):
     assert "Training precision: 32-true for every row's model." in text
     for name in ("paper", "norm"):
         metrics = json.loads((runs / name / "test" / "metrics.json").read_text())
-        assert metrics["part"] == "test" and metrics["resolution"] == "native" and metrics["tta"] is False
+        assert metrics["part"] == "test" and metrics["resolution"] == "native" and metrics["tta"] == "none"
     original = torch.load(runs / "norm" / "train" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     copy = torch.load(runs / "pp" / "selected.ckpt", map_location="cpu", weights_only=True)
-    assert "postprocessing" not in original and copy["postprocessing"]["tta"] is False  # the choice: in the copy
+    assert "postprocessing" not in original and copy["postprocessing"]["tta"] == "none"  # the choice: in the copy
     split = json.loads((runs / "paper" / "train" / "splits.json").read_text())
     assert split["test"] and json.loads((runs / "norm" / "train" / "splits.json").read_text())["test"] == split["test"]
 

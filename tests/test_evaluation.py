@@ -68,7 +68,7 @@ def test_evaluate_script_reproduces_the_logged_validation_metrics_at_the_model_g
     assert set(RATIOS) | {"hd", "hd95", "hd_empty", "per_image"} <= set(written) & set(grid)
     assert written["postprocessing"] == {"threshold": 0.5, "components": "all", "min_area": 0.0,
                                          "empty_fallback": None}
-    assert written["tta"] is False and written["settings_source"] == "default" and "note" not in written
+    assert written["tta"] == "none" and written["settings_source"] == "default" and "note" not in written
     assert written["hd"] > grid["hd"]  # pixels of 256x256 slices vs of the 32x32 grid: not the same numbers
 
     per_image = pd.read_csv(out / "per_image.csv", dtype={"key": str, "patient_group": str})

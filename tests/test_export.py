@@ -67,7 +67,7 @@ def test_torchscript_matches_pytorch_and_carries_its_contract(trained, pytorch_l
     source, root = trained
     checkpoint = tmp_path / "selected.ckpt"  # with a stored post-processing choice, which the contract records
     shutil.copy(source, checkpoint)
-    store_settings([checkpoint], InferenceSettings(PostProcessing(0.4, "largest"), tta=True), {"part": "val"})
+    store_settings([checkpoint], InferenceSettings(PostProcessing(0.4, "largest"), tta="flip"), {"part": "val"})
     report = export_checkpoint(checkpoint, tmp_path / "model.pt", samples=[root / "images"], num_samples=3)
     assert report.format == "torchscript" and report.max_abs_diff <= 1e-4 and report.batch_sizes == (3, 1)
     files = {"lightning_bts.json": ""}
@@ -107,7 +107,7 @@ def test_release_checkpoint_drops_training_state_and_predicts_as_the_original(tr
     source, root = trained
     checkpoint = tmp_path / "selected.ckpt"
     shutil.copy(source, checkpoint)
-    store_settings([checkpoint], InferenceSettings(PostProcessing(0.4, "largest"), tta=True), {"part": "val"})
+    store_settings([checkpoint], InferenceSettings(PostProcessing(0.4, "largest"), tta="flip"), {"part": "val"})
     release = tmp_path / "release" / "model.ckpt"
     atol = 1e-5 if weights_dtype == "float32" else 5e-2
     report = export_checkpoint(checkpoint, release, samples=[root / "images"], atol=atol,

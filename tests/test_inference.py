@@ -178,6 +178,26 @@ def test_flip_tta_is_the_mean_with_the_mirrored_prediction(trained, evaluation):
                                tta.probabilities(batch)[..., ::-1], atol=1e-6)
 
 
+def test_mirror_tta_is_the_mean_over_the_mirrors_along_both_axes(trained, evaluation):
+    checkpoint, _ = trained
+    _, images, _ = evaluation
+    batch = images[:4]
+    plain = Predictor.from_checkpoints([checkpoint])
+    mirror = plain.with_tta("mirror")
+
+    def seen_mirrored(axes: tuple[int, ...]) -> np.ndarray:
+        flipped = np.ascontiguousarray(np.flip(batch, axis=axes))
+        return np.flip(plain.probabilities(flipped), axis=tuple(a - 1 for a in axes))  # (N, S, S) has no C
+
+    views = [plain.probabilities(batch), seen_mirrored((3,)), seen_mirrored((2,)), seen_mirrored((2, 3))]
+    np.testing.assert_allclose(mirror.probabilities(batch), np.mean(views, axis=0), atol=1e-6)
+    # equivariant to a vertical mirror as well, which flip TTA is not
+    upside_down = np.ascontiguousarray(batch[..., ::-1, :])
+    np.testing.assert_allclose(mirror.probabilities(upside_down), mirror.probabilities(batch)[:, ::-1], atol=1e-6)
+    flip = plain.with_tta("flip")
+    assert np.abs(flip.probabilities(upside_down) - flip.probabilities(batch)[:, ::-1]).max() > 1e-3
+
+
 def test_unreadable_files_are_skipped_and_listed_or_stop_a_strict_run(trained, tmp_path, capsys):
     checkpoint, root = trained
     scans = tmp_path / "scans"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 
@@ -22,8 +23,14 @@ from lightning_bts.evaluation.selection import (
     choose,
     validation_dice,
 )
-from lightning_bts.evaluation.settings import STORED_KEY, InferenceSettings, store_settings
-from lightning_bts.training.checkpoints import CheckpointError, Preprocessing, read_checkpoint
+from lightning_bts.evaluation.settings import STORED_KEY, InferenceSettings, add_override_arguments, store_settings
+from lightning_bts.evaluation.tta import TTA_MODES
+from lightning_bts.training.checkpoints import (
+    CheckpointError,
+    Preprocessing,
+    read_checkpoint,
+    write_checkpoint_entry,
+)
 from tests.test_inference import trained_checkpoint
 from tests.test_predictor import Oracle, oracle_data
 
@@ -96,36 +103,43 @@ def test_bad_settings_are_config_errors_that_name_the_setting():
 def test_selection_counts_are_those_of_the_applied_masks():
     rng = np.random.default_rng(1)
     grid = candidate_grid()
-    assert len(grid) == 2 * len(THRESHOLDS) * (2 + len(MIN_AREAS)) * (1 + len(FALLBACKS))
+    assert len(grid) == len(TTA_MODES) * len(THRESHOLDS) * (2 + len(MIN_AREAS)) * (1 + len(FALLBACKS))
     for _ in range(6):  # smooth random maps: several components per threshold, some slices empty at 0.5
         noise = rng.random((6, 6)).astype(np.float32) * rng.uniform(0.3, 1.0)
         probability = np.kron(noise, np.ones((8, 8), np.float32))
         probability += rng.normal(0, 0.02, probability.shape).astype(np.float32)
         truth = np.kron(rng.random((6, 6)) > 0.7, np.ones((8, 8), bool))
         counter = SliceCounter(probability, truth)
-        for candidate in grid[:len(grid) // 2]:
+        for candidate in grid[:len(grid) // len(TTA_MODES)]:  # the rules, each once
             mask = candidate.rule.apply(probability)
             tp = int((mask & truth).sum())
             assert counter.counts(candidate.rule) == (tp, int(mask.sum()) - tp, int(truth.sum()) - tp), candidate
 
 
 def test_a_stage_changes_the_choice_only_when_it_raises_validation_dice():
-    baseline = Candidate(False, PostProcessing())
+    baseline = Candidate("none", PostProcessing())
     flat = {candidate: 0.60 for candidate in candidate_grid()}
     chosen, stages = choose(flat)
     assert chosen == baseline and not any(stage["kept"] for stage in stages)  # ties keep the paper's rule
 
-    largest = Candidate(False, PostProcessing(components="largest"))
-    helped = {**flat, largest: 0.65, Candidate(True, PostProcessing()): 0.59}
+    largest = Candidate("none", PostProcessing(components="largest"))
+    helped = {**flat, largest: 0.65, Candidate("flip", PostProcessing()): 0.59}
     chosen, stages = choose(helped)
     assert chosen == largest and [s["kept"] for s in stages] == [False, False, True, False]
     assert choose(helped, min_gain=0.06)[0] == baseline  # a gain below min_gain is not worth a rule
 
     # stages build on each other: with TTA kept, the threshold is chosen for TTA predictions
-    tta_04 = Candidate(True, PostProcessing(threshold=0.4))
-    staged = {**flat, Candidate(True, PostProcessing()): 0.62, tta_04: 0.63,
-              Candidate(False, PostProcessing(0.4)): 0.7}  # better, but not on the path the stages take
+    tta_04 = Candidate("flip", PostProcessing(threshold=0.4))
+    staged = {**flat, Candidate("flip", PostProcessing()): 0.62, tta_04: 0.63,
+              Candidate("none", PostProcessing(0.4)): 0.7}  # better, but not on the path the stages take
     assert choose(staged)[0] == tta_04
+
+    # the TTA stage weighs none, flip and mirror; of equally good modes the simpler stays
+    flip, mirror = Candidate("flip", PostProcessing()), Candidate("mirror", PostProcessing())
+    tta_stage = choose({**flat, flip: 0.61, mirror: 0.62})[1][0]
+    assert [c["setting"] for c in tta_stage["candidates"]] == [c.describe() for c in (baseline, flip, mirror)]
+    assert choose({**flat, flip: 0.61, mirror: 0.62})[0] == mirror
+    assert choose({**flat, flip: 0.61, mirror: 0.61})[0] == flip
 
 
 def test_selection_on_validation_keeps_a_components_rule_only_where_it_helps(tmp_path):
@@ -139,7 +153,7 @@ def test_selection_on_validation_keeps_a_components_rule_only_where_it_helps(tmp
         components = stages[2]
         assert components["kept"] is expect_rule, components
         assert (chosen.rule.components != "all") is expect_rule
-        baseline = dice[Candidate(False, PostProcessing())]
+        baseline = dice[Candidate("none", PostProcessing())]
         assert dice[chosen] > baseline if expect_rule else dice[chosen] >= baseline
 
 
@@ -147,12 +161,12 @@ def test_selection_without_tta_never_runs_or_chooses_flipped_inference(tmp_path,
     datamodule = oracle_data(tmp_path, size=128, image_size=64)
     predictor = Predictor([Oracle(datamodule, 3)], Preprocessing(64, 3, "safe"))
     with_tta, _ = validation_dice([(predictor, datamodule)])
-    monkeypatch.setattr(Predictor, "with_tta", lambda self, tta: pytest.fail("TTA computed") if tta else self)
+    monkeypatch.setattr(Predictor, "with_tta", lambda self, tta: pytest.fail("TTA computed") if tta != "none" else self)
     without, _ = validation_dice([(predictor, datamodule)], allow_tta=False)
-    assert set(without) == {c for c in with_tta if not c.tta} and all(with_tta[c] == without[c] for c in without)
+    assert set(without) == {c for c in with_tta if c.tta == "none"} and all(with_tta[c] == without[c] for c in without)
     chosen, stages = choose(without, allow_tta=False)
-    assert not chosen.tta and [s["stage"] for s in stages] == ["threshold", "components", "empty_fallback"]
-    assert chosen == choose({**with_tta, **{c: -1.0 for c in with_tta if c.tta}})[0]  # = TTA ruled out
+    assert chosen.tta == "none" and [s["stage"] for s in stages] == ["threshold", "components", "empty_fallback"]
+    assert chosen == choose({**with_tta, **{c: -1.0 for c in with_tta if c.tta != "none"}})[0]  # = TTA ruled out
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +214,25 @@ def test_selection_needs_a_validation_part_and_an_ensemble_agreeing_on_its_choic
         Predictor.from_checkpoints([chosen, source])
     both = Predictor.from_checkpoints([chosen, source], postprocessing=PostProcessing(), tta=False)
     assert both.settings_source == "command line"  # a full override needs no agreement
+
+
+def test_tta_modes_stored_before_they_existed_and_given_on_the_command_line(trained, tmp_path):
+    source, _ = trained
+    older = tmp_path / "older.ckpt"
+    shutil.copy(source, older)
+    for stored, mode in ((True, "flip"), (False, "none"), ("mirror", "mirror")):  # older files hold true/false
+        write_checkpoint_entry(older, STORED_KEY, {"postprocessing": PostProcessing().as_dict(), "tta": stored})
+        assert Predictor.from_checkpoints([older]).tta == mode
+    write_checkpoint_entry(older, STORED_KEY, {"postprocessing": PostProcessing().as_dict(), "tta": "sideways"})
+    with pytest.raises(CheckpointError, match=f"checkpoint {older}: unreadable stored post-processing.*sideways"):
+        Predictor.from_checkpoints([older])
+    with pytest.raises(ConfigError, match="TTA mode 'sideways' is unknown; choose one of none, flip, mirror"):
+        Predictor.from_checkpoints([source], tta="sideways")
+
+    parser = argparse.ArgumentParser()
+    add_override_arguments(parser)
+    given = {(): None, ("--tta",): "flip", ("--tta", "mirror"): "mirror", ("--tta", "none"): "none",
+             ("--no-tta",): "none"}
+    assert {args: parser.parse_args(list(args)).tta for args in given} == given
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--tta", "sideways"])

@@ -34,8 +34,9 @@ from tests.test_inference import trained_checkpoint
 
 
 class Oracle(nn.Module):
-    """Logits +-10 looked up by image: the model-grid masks of a data module (and of the mirrored images), with
-    an optional ``spurious`` square added in a corner of every mask. An unknown image fails the test."""
+    """Logits +-10 looked up by image: the model-grid masks of a data module (and of the images mirrored along
+    either axis or both), with an optional ``spurious`` square added in a corner of every mask. An unknown image
+    fails the test."""
 
     def __init__(self, datamodule: BrainTumorDataModule, spurious: int = 0) -> None:
         super().__init__()
@@ -44,8 +45,9 @@ class Oracle(nn.Module):
             mask = mask.astype(bool).copy()
             mask[1:1 + spurious, 1:1 + spurious] = True
             chw = np.ascontiguousarray(image.transpose(2, 0, 1))
-            self.table[chw.tobytes()] = mask
-            self.table[np.ascontiguousarray(chw[..., ::-1]).tobytes()] = np.ascontiguousarray(mask[:, ::-1])
+            for axes in ((), (1,), (0,), (0, 1)):  # mask axes; the image's are one further (C first)
+                mirrored = np.flip(chw, axis=tuple(a + 1 for a in axes))
+                self.table[np.ascontiguousarray(mirrored).tobytes()] = np.ascontiguousarray(np.flip(mask, axis=axes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         masks = [self.table[image.numpy().tobytes()] for image in images.to(torch.uint8).cpu()]
@@ -130,12 +132,12 @@ def test_evaluate_and_predict_agree_on_the_same_checkpoint_with_its_stored_choic
     datamodule, _ = evaluation_data(plain.sources)
     images = torch.from_numpy(datamodule.data.images[datamodule.indices("val")]).permute(0, 3, 1, 2)
     threshold = round(float(np.quantile(plain.probabilities(images), 0.9)), 4)  # a barely trained model
-    stored = InferenceSettings(PostProcessing(threshold, "largest", empty_fallback=0.05), tta=True)
+    stored = InferenceSettings(PostProcessing(threshold, "largest", empty_fallback=0.05), tta="flip")
     store_settings([checkpoint], stored, {"part": "val", "folds": [0], "data_root": str(root)})
 
     out = evaluate_cli.main(["--ckpt", str(checkpoint), "--out", str(tmp_path / "eval"), "--device", "cpu"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["settings_source"] == "checkpoint" and metrics["tta"] is True
+    assert metrics["settings_source"] == "checkpoint" and metrics["tta"] == "flip"
     assert PostProcessing.from_dict(metrics["postprocessing"]) == stored.postprocessing
     assert "selected on these same slices" in metrics["note"]
     per_image = pd.read_csv(out / "per_image.csv", dtype={"key": str})
@@ -160,11 +162,11 @@ def test_evaluate_and_predict_agree_on_the_same_checkpoint_with_its_stored_choic
     paper = evaluate_cli.main(["--ckpt", str(checkpoint), "--out", str(tmp_path / "paper"), "--device", "cpu",
                                "--postprocessing", "paper", "--no-tta"])
     overridden = json.loads((paper / "metrics.json").read_text())
-    assert overridden["settings_source"] == "command line" and overridden["tta"] is False
+    assert overridden["settings_source"] == "command line" and overridden["tta"] == "none"
     assert overridden["postprocessing"] == PostProcessing().as_dict() and overridden["dice"] != metrics["dice"]
     # --threshold alone keeps the rest of the stored rule
     lower = evaluate_cli.main(["--ckpt", str(checkpoint), "--out", str(tmp_path / "lower"), "--device", "cpu",
                                "--threshold", "0.2"])
     lowered = json.loads((lower / "metrics.json").read_text())
-    assert lowered["settings_source"] == "checkpoint + command line" and lowered["tta"] is True
+    assert lowered["settings_source"] == "checkpoint + command line" and lowered["tta"] == "flip"
     assert lowered["postprocessing"] == {**stored.postprocessing.as_dict(), "threshold": 0.2}

@@ -3,10 +3,11 @@
 Modules, each one job (imports go down this list, never up; none of them is imported by training code):
 
 - ``postprocess``    :class:`PostProcessing`: probability map -> mask (threshold, components, empty fallback)
+- ``tta``            the TTA modes: which mirrored views of a slice a prediction averages
 - ``settings``       the TTA and post-processing a checkpoint stores, and the command-line overrides
 - ``backends``       what runs a loaded network: PyTorch, or ONNX Runtime (converted in memory)
 - ``predictor``      :class:`Predictor`: checkpoints -> probabilities (device, precision, backend, ensemble,
-                     flip TTA)
+                     mirror TTA)
 - ``data``           which slices are scored (the checkpoint's own split, checked), at both resolutions
 - ``bootstrap``      95 % intervals by resampling patients (not slices: a patient's slices are correlated)
 - ``scoring``        :func:`evaluate_checkpoints`: metrics at each slice's original size and at the model grid

@@ -42,6 +42,7 @@ from lightning_bts.evaluation.backends import (
 from lightning_bts.evaluation.predict_files import find_images
 from lightning_bts.evaluation.predictor import Predictor, prepare_image
 from lightning_bts.evaluation.settings import InferenceSettings
+from lightning_bts.evaluation.tta import TTA_CONTRACTS
 from lightning_bts.files import atomic_path
 from lightning_bts.training.checkpoint_file import WEIGHT_DTYPES, read_checkpoint, release_checkpoint
 from lightning_bts.training.checkpoints import Preprocessing
@@ -86,8 +87,7 @@ def contract(settings: InferenceSettings, preprocessing: Preprocessing, checkpoi
         "intensity": preprocessing.intensity,
         "threshold": str(settings.postprocessing.threshold),
         "postprocessing": json.dumps(settings.postprocessing.as_dict()),
-        "tta": "horizontal flip: mean of sigmoid(logits) of the slice and, mirrored back, of its mirror"
-        if settings.tta else "none",
+        "tta": TTA_CONTRACTS[settings.tta],
         "preprocessing": "skull strip the grayscale slice (lightning_bts.data.skull_strip.brain_mask, method "
         "skull_strip), zero outside, resize to image_size (INTER_AREA when shrinking, else linear); "
         "in_channels 3 = RGB or grayscale repeated",

@@ -19,6 +19,7 @@ import numpy as np
 
 from lightning_bts.errors import UserError
 from lightning_bts.evaluation.scoring import Evaluation
+from lightning_bts.evaluation.tta import describe_tta
 from lightning_bts.files import write_atomically
 from lightning_bts.metrics import RATIO_NAMES
 
@@ -123,7 +124,7 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     if grid:
         lines.append(f"native: each slice at its original size; model grid: {grid.get('resolution')}")
     if "postprocessing_rule" in metrics:
-        lines.append(f"post-processing: {metrics['postprocessing_rule']}{', flip TTA' if metrics.get('tta') else ''} "
+        lines.append(f"post-processing: {metrics['postprocessing_rule']}{describe_tta(metrics.get('tta'))} "
                      f"({metrics.get('settings_source')})")
     else:
         lines.append(f"threshold {metrics.get('threshold')}")

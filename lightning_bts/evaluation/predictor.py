@@ -6,7 +6,8 @@ load models through :meth:`Predictor.from_checkpoints`, so a checkpoint means on
 - the preprocessing it was trained with (skull stripping, size, channels; :mod:`lightning_bts.training.checkpoints`);
 - several checkpoints are an ensemble: the mean of the members' probabilities (averaging probabilities, not
   logits or votes, keeps one over-confident member from deciding alone);
-- flip TTA: the mean of the prediction and the mirrored prediction of the mirrored slice (horizontal flip);
+- mirror TTA (:mod:`lightning_bts.evaluation.tta`): the mean over mirrored views of the slice, each prediction
+  mirrored back: none, the horizontal mirror (``flip``), or the mirrors along both axes (``mirror``);
 - autocast as the ``precision`` option says;
 - the post-processing and TTA stored with the checkpoint (:mod:`lightning_bts.evaluation.settings`), unless
   overridden;
@@ -34,6 +35,7 @@ from lightning_bts.errors import ConfigError, UserError
 from lightning_bts.evaluation.backends import check_backend, on_backend
 from lightning_bts.evaluation.postprocess import PostProcessing
 from lightning_bts.evaluation.settings import InferenceSettings, resolve_settings
+from lightning_bts.evaluation.tta import check_tta, mirror_views
 from lightning_bts.host_memory import keep_freed_memory
 from lightning_bts.training.checkpoints import CheckpointInfo, Preprocessing, load_members
 
@@ -97,13 +99,14 @@ def to_original_size(probability: np.ndarray, shape: tuple[int, int]) -> np.ndar
 
 
 class Predictor:
-    """Mean tumour probability of one or more models (optionally with flip TTA), and its post-processed mask.
+    """Mean tumour probability of one or more models (optionally with mirror TTA), and its post-processed mask.
 
     Args:
         models: modules returning logits ``(N, 1, S, S)`` for uint8 ``(N, C, S, S)`` images; put in eval mode.
         preprocessing: what their input must look like.
         device: where the models run (:func:`resolve_device`); they are moved there.
-        tta: also predict the mirrored slice and average (the mirror's prediction mirrored back).
+        tta: which mirrored views to average (:data:`~lightning_bts.evaluation.tta.TTA_MODES`; ``True`` and
+            ``False`` mean ``flip`` and ``none``).
         precision: one of :data:`PRECISIONS`; ``bf16-mixed``/``16-mixed`` autocast the forward passes.
         postprocessing: how :meth:`masks` turns probabilities into masks (default: the paper's rule).
         sources: what the checkpoints behind ``models`` record (:meth:`from_checkpoints` fills it).
@@ -117,7 +120,7 @@ class Predictor:
         models: Sequence[nn.Module],
         preprocessing: Preprocessing,
         device: str | torch.device = "cpu",
-        tta: bool = False,
+        tta: str | bool = "none",
         precision: str = "32-true",
         postprocessing: PostProcessing | None = None,
         sources: Sequence[CheckpointInfo] = (),
@@ -132,7 +135,7 @@ class Predictor:
         self.backend = check_backend(backend, self.device, self.precision)
         self.models = [model.eval().to(self.device) for model in models]
         self.preprocessing = preprocessing
-        self.tta = tta
+        self.tta = check_tta(tta)
         self.postprocessing = postprocessing or PostProcessing()
         self.sources = tuple(sources)
         self.settings_source = settings_source
@@ -143,7 +146,7 @@ class Predictor:
         paths: Sequence[str | Path],
         device: str | torch.device = "cpu",
         precision: str = "32-true",
-        tta: bool | None = None,
+        tta: str | bool | None = None,
         postprocessing: PostProcessing | None = None,
         threshold: float | None = None,
         backend: str = "torch",
@@ -171,8 +174,8 @@ class Predictor:
     def settings(self) -> InferenceSettings:
         return InferenceSettings(self.postprocessing, self.tta, self.settings_source)
 
-    def with_tta(self, tta: bool) -> Predictor:
-        """The same models and settings with flip TTA on or off (models are shared, not copied)."""
+    def with_tta(self, tta: str | bool) -> Predictor:
+        """The same models and settings with another TTA mode (models are shared, not copied)."""
         return Predictor(self.models, self.preprocessing, self.device, tta, self.precision, self.postprocessing,
                          self.sources, self.settings_source, self.backend)
 
@@ -185,20 +188,20 @@ class Predictor:
             raise InferenceError(f"model input must be (N, {', '.join(map(str, expected))}) as preprocessed for "
                                  f"this checkpoint, got {tuple(batch.shape)}")
         total = torch.zeros((batch.shape[0], *batch.shape[2:]), dtype=torch.float32, device=self.device)
-        views = [False, True] if self.tta else [False]
+        views = mirror_views(self.tta)
         for model in self.models:
-            for mirrored in views:
-                total += self._probability(model, batch, mirrored)
+            for dims in views:
+                total += self._probability(model, batch, dims)
         return (total / (len(self.models) * len(views))).cpu().numpy()
 
-    def _probability(self, model: nn.Module, batch: torch.Tensor, mirrored: bool) -> torch.Tensor:
-        """float32 ``(N, S, S)``; with ``mirrored``, of the horizontally flipped batch, flipped back."""
+    def _probability(self, model: nn.Module, batch: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        """float32 ``(N, S, S)`` of the batch mirrored along ``dims`` (none: as it is), mirrored back."""
         dtype = PRECISIONS[self.precision]
         cast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with cast:
-            logits = model(torch.flip(batch, dims=[-1]) if mirrored else batch)
+            logits = model(torch.flip(batch, dims=dims) if dims else batch)
         probability = torch.sigmoid(logits.float())[:, 0]
-        return torch.flip(probability, dims=[-1]) if mirrored else probability
+        return torch.flip(probability, dims=dims) if dims else probability
 
     def masks(self, probabilities: Sequence[np.ndarray]) -> list[np.ndarray]:
         """bool masks of probability maps (any sizes), by :attr:`postprocessing`."""

@@ -19,7 +19,7 @@ from lightning_bts.evaluation.selection import Selection, select_postprocessing
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="select_postprocessing.py",
-        description="Choose flip TTA, the threshold, a connected-component rule and a fallback for empty slices on "
+        description="Choose the TTA mode, the threshold, a connected-component rule and a fallback for empty slices on "
         "the checkpoints' own validation patients (a rule is kept only if it raises pooled validation Dice at the "
         "slices' original size), and store the choice inside every checkpoint given.",
         epilog="Then: python scripts/evaluate.py --ckpt SAME.ckpt --part test  (applies the stored choice)",
@@ -32,7 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a stage's best candidate must beat the current choice by more than this pooled Dice "
                         "(default 0: any improvement)")
     parser.add_argument("--no-tta", action="store_true",
-                        help="choose post-processing alone: flip TTA stays off (and is not computed)")
+                        help="choose post-processing alone: TTA stays off (and is not computed)")
     parser.add_argument("--dry-run", action="store_true", help="print the choice, store nothing")
     parser.add_argument("--precision", default="32-true", choices=tuple(PRECISIONS),
                         help="inference precision (default 32-true)")

@@ -6,7 +6,8 @@ fold and the slices are pooled (out-of-fold, as nnU-Net chooses post-processing 
 slice is scored at its original size. Then, in four stages, each starting from the choice so far (the paper's
 rule, without TTA, at first):
 
-1. flip TTA: off, on (skipped with ``allow_tta=False``, and no flipped inference is run);
+1. TTA: none, flip, mirror (:mod:`lightning_bts.evaluation.tta`; skipped with ``allow_tta=False``, and no
+   mirrored inference is run);
 2. threshold: :data:`THRESHOLDS`;
 3. components: all, the largest only, or dropping those under each of :data:`MIN_AREAS` of the slice;
 4. fallback for slices left empty: none, or each of :data:`FALLBACKS`;
@@ -35,6 +36,7 @@ from lightning_bts.evaluation.data import evaluation_data, iterate_slices
 from lightning_bts.evaluation.postprocess import PostProcessing, most_probable_component
 from lightning_bts.evaluation.predictor import Predictor, to_original_size
 from lightning_bts.evaluation.settings import InferenceSettings, store_settings
+from lightning_bts.evaluation.tta import TTA_MODES, describe_tta
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_AREAS = (0.0002, 0.0005, 0.001, 0.002, 0.005)  # 52 to 1311 px of a 512x512 slice
@@ -44,13 +46,18 @@ METRIC = "pooled Dice over the validation slices, each at its original size"
 
 @dataclass(frozen=True)
 class Candidate:
-    """One combination: flip TTA or not, and a post-processing rule."""
+    """One combination: a TTA mode and a post-processing rule."""
 
-    tta: bool
+    tta: str
     rule: PostProcessing
 
     def describe(self) -> str:
-        return self.rule.describe() + (", flip TTA" if self.tta else "")
+        return self.rule.describe() + describe_tta(self.tta)
+
+
+def tta_options(allow_tta: bool = True) -> tuple[str, ...]:
+    """The TTA modes the selection compares: all of them, simplest first, or only ``none``."""
+    return TTA_MODES if allow_tta else ("none",)
 
 
 def candidate_grid(allow_tta: bool = True) -> list[Candidate]:
@@ -58,7 +65,7 @@ def candidate_grid(allow_tta: bool = True) -> list[Candidate]:
     components = [("all", 0.0), ("largest", 0.0), *(("drop_small", area) for area in MIN_AREAS)]
     return [Candidate(tta, PostProcessing(threshold, rule, area, fallback))
             for tta, threshold, (rule, area), fallback in itertools.product(
-                (False, True) if allow_tta else (False,), THRESHOLDS, components, (None, *FALLBACKS))]
+                tta_options(allow_tta), THRESHOLDS, components, (None, *FALLBACKS))]
 
 
 class SliceCounter:
@@ -106,9 +113,9 @@ def choose(dice: dict[Candidate, float], min_gain: float = 0.0,
            allow_tta: bool = True) -> tuple[Candidate, list[dict[str, Any]]]:
     """The greedy stages over pooled Dice per candidate (``dice`` must hold :func:`candidate_grid` of the same
     ``allow_tta``; without it the TTA stage is left out)."""
-    current = Candidate(False, PostProcessing())
+    current = Candidate("none", PostProcessing())
     stages: list[tuple[str, Callable[[Candidate], list[Candidate]]]] = [
-        *([("tta", lambda c: [Candidate(False, c.rule), Candidate(True, c.rule)])] if allow_tta else []),
+        *([("tta", lambda c: [Candidate(mode, c.rule) for mode in TTA_MODES])] if allow_tta else []),
         ("threshold", lambda c: [Candidate(c.tta, dataclasses.replace(c.rule, threshold=t)) for t in THRESHOLDS]),
         ("components", lambda c: [Candidate(c.tta, dataclasses.replace(c.rule, components=rule, min_area=area))
                                   for rule, area in [("all", 0.0), ("largest", 0.0),
@@ -136,12 +143,11 @@ def validation_dice(pairs: Sequence[tuple[Predictor, BrainTumorDataModule]],
     grid = candidate_grid(allow_tta)
     totals = np.zeros((len(grid), 3), dtype=np.int64)
     n_images = 0
-    tta_options = (False, True) if allow_tta else (False,)
+    modes = tta_options(allow_tta)
     for predictor, datamodule in pairs:
-        plain = predictor.with_tta(False)
-        for item in iterate_slices([plain.with_tta(tta) for tta in tta_options], datamodule, "val"):
-            counters = {tta: SliceCounter(to_original_size(p, item.mask.shape), item.mask)
-                        for tta, p in zip(tta_options, item.probabilities)}
+        for item in iterate_slices([predictor.with_tta(mode) for mode in modes], datamodule, "val"):
+            counters = {mode: SliceCounter(to_original_size(p, item.mask.shape), item.mask)
+                        for mode, p in zip(modes, item.probabilities)}
             totals += np.array([counters[c.tta].counts(c.rule) for c in grid], dtype=np.int64)
             n_images += 1
     tp, fp, fn = totals.T.astype(np.float64)
@@ -171,13 +177,13 @@ def select_postprocessing(
         CheckpointError: a checkpoint records no fold or data, or its split changed since training.
         DatasetError: the data folder is missing or its validation part is empty.
     """
-    base = Predictor.from_checkpoints(paths, device, precision, tta=False, postprocessing=PostProcessing())
+    base = Predictor.from_checkpoints(paths, device, precision, tta="none", postprocessing=PostProcessing())
     folds: dict[Any, list[int]] = {}
     for member, info in enumerate(base.sources):
         folds.setdefault(info.data.get("fold"), []).append(member)
     pairs = []
     for members in folds.values():
-        group = Predictor([base.models[i] for i in members], base.preprocessing, base.device, False, precision,
+        group = Predictor([base.models[i] for i in members], base.preprocessing, base.device, "none", precision,
                           sources=[base.sources[i] for i in members])
         datamodule, _ = evaluation_data(group.sources, part="val", batch_size=batch_size, cache_dir=cache_dir)
         pairs.append((group, datamodule))
@@ -190,8 +196,8 @@ def select_postprocessing(
         "data_root": roots[0] if len(set(roots)) == 1 else roots, "n_images": n_images,
         "checkpoints": [str(p) for p in paths], "min_gain": min_gain, "tta_allowed": allow_tta,
         "inference_precision": precision,
-        "baseline": Candidate(False, PostProcessing()).describe(),
-        "baseline_dice": dice[Candidate(False, PostProcessing())], "chosen": chosen.describe(),
+        "baseline": Candidate("none", PostProcessing()).describe(),
+        "baseline_dice": dice[Candidate("none", PostProcessing())], "chosen": chosen.describe(),
         "chosen_dice": dice[chosen], "stages": stages, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if store:

@@ -5,13 +5,15 @@ entry ``"postprocessing"`` (plain data: the checkpoint still loads with ``weight
 ignores the entry when it resumes a fit)::
 
     {"postprocessing": {"threshold": 0.4, "components": "largest", "min_area": 0.0, "empty_fallback": null},
-     "tta": true,
+     "tta": "flip",
      "selection": {... what it was chosen on, every candidate's validation Dice ...}}
 
 Inside rather than beside it: a checkpoint is copied, renamed and shipped as one file, and a stored choice must
 go wherever the weights go. Evaluation, prediction and the cross-validation report read it through
 :func:`resolve_settings`; a checkpoint without it gets the paper's rule (threshold 0.5, no TTA). The members
-of an ensemble must agree (selecting for the ensemble stores the same choice in each).
+of an ensemble must agree (selecting for the ensemble stores the same choice in each). ``"tta"`` is a mode of
+:mod:`lightning_bts.evaluation.tta`; checkpoints stored before the modes existed hold ``true``/``false``
+(``flip``/``none``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from lightning_bts.errors import ConfigError
 from lightning_bts.evaluation.postprocess import PostProcessing
+from lightning_bts.evaluation.tta import TTA_MODES, check_tta, describe_tta
 from lightning_bts.training.checkpoints import CheckpointError, CheckpointInfo, write_checkpoint_entry
 
 STORED_KEY = "postprocessing"
@@ -32,18 +35,21 @@ STORED_KEY = "postprocessing"
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """What happens after the models: flip TTA or not, and the post-processing rule.
+    """What happens after the models: the TTA mode, and the post-processing rule.
 
     ``source`` says where the settings came from, for metrics.json and logs: ``"default"`` (the paper's),
     ``"checkpoint"`` (stored by a selection), ``"command line"``, or ``"checkpoint + command line"``.
     """
 
     postprocessing: PostProcessing = field(default_factory=PostProcessing)
-    tta: bool = False
+    tta: str = "none"
     source: str = "default"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tta", check_tta(self.tta))  # True/False from older callers: flip/none
+
     def describe(self) -> str:
-        return f"{self.postprocessing.describe()}{', flip TTA' if self.tta else ''} ({self.source})"
+        return f"{self.postprocessing.describe()}{describe_tta(self.tta)} ({self.source})"
 
 
 def stored_settings(info: CheckpointInfo) -> InferenceSettings | None:
@@ -57,7 +63,7 @@ def stored_settings(info: CheckpointInfo) -> InferenceSettings | None:
         return None
     try:
         rule = PostProcessing.from_dict(entry["postprocessing"], source=f"checkpoint {info.path}")
-        return InferenceSettings(rule, bool(entry.get("tta", False)), "checkpoint")
+        return InferenceSettings(rule, entry.get("tta", False), "checkpoint")
     except (KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"checkpoint {info.path}: unreadable stored post-processing {entry!r}: {error}") \
             from error
@@ -73,16 +79,16 @@ def resolve_settings(
     infos: Sequence[CheckpointInfo],
     postprocessing: PostProcessing | None = None,
     threshold: float | None = None,
-    tta: bool | None = None,
+    tta: str | bool | None = None,
 ) -> InferenceSettings:
     """The settings for a run over the checkpoints ``infos``: stored (or the default), then the overrides.
 
     ``postprocessing`` replaces the stored rule as a whole, ``threshold`` only its threshold, ``tta`` the TTA
-    choice; ``None`` keeps what is stored.
+    mode; ``None`` keeps what is stored.
 
     Raises:
         CheckpointError: ensemble members store different settings.
-        ConfigError: an override that makes no valid rule (e.g. a threshold outside (0, 1)).
+        ConfigError: an override that makes no valid rule (e.g. a threshold outside (0, 1)) or an unknown TTA mode.
     """
     if postprocessing is not None and tta is not None:  # nothing stored is used: members need not agree
         rule = postprocessing if threshold is None else dataclasses.replace(postprocessing, threshold=threshold)
@@ -123,12 +129,16 @@ def postprocessing_argument(spec: str) -> PostProcessing:
 
 
 def add_override_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--threshold``, ``--tta/--no-tta``, ``--postprocessing``: evaluate.py and predict.py override what is stored."""
+    """``--threshold``, ``--tta [MODE]``/``--no-tta``, ``--postprocessing``: evaluate.py and predict.py override
+    what is stored."""
     parser.add_argument("--threshold", type=float, default=None,
                         help="tumour if probability > this; default: the checkpoint's stored threshold, else 0.5")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="average with the horizontally mirrored prediction (--no-tta: never); default: as "
-                        "stored with the checkpoint, else off")
+    parser.add_argument("--tta", nargs="?", const="flip", choices=TTA_MODES, default=None, metavar="MODE",
+                        help="average over mirrored views of each slice: 'flip' (the horizontal mirror; what --tta "
+                        "alone means) or 'mirror' (the mirrors along both axes), or 'none'; default: as stored "
+                        "with the checkpoint, else none")
+    parser.add_argument("--no-tta", dest="tta", action="store_const", const="none",
+                        help="no TTA, whatever the checkpoint stores (the same as --tta none)")
     parser.add_argument("--postprocessing", type=postprocessing_argument, default=None, metavar="SPEC",
                         help="replace the stored post-processing: 'paper' (threshold 0.5 only) or key=value pairs, "
                         "e.g. 'threshold=0.4,components=largest,empty_fallback=0.2' (components: all, largest, "
@@ -140,4 +150,4 @@ def _choice(settings: InferenceSettings | None) -> tuple | None:
 
 
 def _text(settings: InferenceSettings | None) -> str:
-    return "none" if settings is None else repr(settings.postprocessing.describe()) + (" + TTA" if settings.tta else "")
+    return "none" if settings is None else repr(settings.postprocessing.describe() + describe_tta(settings.tta))

@@ -188,7 +188,7 @@ def select_row(row: Row, source: dict[str, Any], settings: Settings, commit: str
                  *(["--device", settings.device] if settings.device != "auto" else []),
                  *([] if with_tta else ["--no-tta"])),
          files.folder / "select.log",
-         f"row {row.name}: choosing post-processing " + ("and flip TTA" if with_tta else "without TTA"))
+         f"row {row.name}: choosing post-processing " + ("and TTA" if with_tta else "without TTA"))
     record = {**{k: v for k, v in source.items() if k in ("run_dir", "wall_minutes", "fit_command")},
               "name": row.name, "kind": row.kind, "source": source["name"], "selection": row.select,
               "source_checkpoint": identity, "checkpoint": str(files.selected), "git_commit": commit}

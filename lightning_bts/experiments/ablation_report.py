@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from lightning_bts.evaluation.outputs import write_files_atomically  # noqa: E402
+from lightning_bts.evaluation.tta import check_tta, describe_tta  # noqa: E402
 from lightning_bts.experiments.ablation_rows import Ablation, AblationError, RowFiles  # noqa: E402
 
 METRICS = ("dice", "dice_per_image", "precision", "recall", "hd95")
@@ -88,7 +89,7 @@ def row_result(files: RowFiles) -> dict[str, Any]:
     result["training_precision"] = training_precision(run_dir / "config.yaml") if run_dir else ""
     result.update({
         "wall_minutes": record.get("wall_minutes", math.nan), "n_test_images": metrics.get("n_images"),
-        "postprocessing": metrics.get("postprocessing_rule", ""), "tta": bool(metrics.get("tta", False)),
+        "postprocessing": metrics.get("postprocessing_rule", ""), "tta": check_tta(metrics.get("tta", False)),
         "hd_units": metrics.get("hd_units", ""), "source": record.get("source", ""),
         "run_dir": record.get("run_dir", ""), "git_commit": record.get("git_commit", ""),
         "fit_command": record.get("fit_command", ""),
@@ -153,7 +154,7 @@ def markdown(table: pd.DataFrame, ablation: Ablation, command: str, commit: str,
              "of 5 with 15 % of the patient groups held out. Scores: the held-out **test** patients, every slice at "
              "its original size (`scripts/evaluate.py --part test`); pooled Dice, precision and recall, mean "
              "per-image Dice and HD95. Select rows train nothing: they copy the checkpoint of the row named in "
-             "*source* and choose post-processing (and flip TTA) on its validation patients. *epochs* counts the "
+             "*source* and choose post-processing (and TTA) on its validation patients. *epochs* counts the "
              "epochs begun (the budget cuts the last one short). Gains are in Dice points, over the row named in "
              "*compared with* and over the paper's recipe.", "",
              f"Command: `{command}`  ", commit_line(table, commit), ""]
@@ -181,7 +182,7 @@ def markdown(table: pd.DataFrame, ablation: Ablation, command: str, commit: str,
                  else ", ".join(f"{row} {precision}" for row, precision in precisions.items()))
         lines += ["", f"Training precision: {shown}."]
     lines += ["", "Inference settings of each row (paper: threshold 0.5, no TTA):", ""]
-    lines += [f"- {line['row']}: {line['postprocessing']}{', flip TTA' if line['tta'] else ''}"
+    lines += [f"- {line['row']}: {line['postprocessing']}{describe_tta(line['tta'])}"
               for _, line in table.iterrows()]
     if has_plot:
         lines += ["", "Validation Dice against wall-clock minutes of training:", "",

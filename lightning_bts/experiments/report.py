@@ -29,6 +29,7 @@ from lightning_bts.data.preprocess import preprocess_slice  # noqa: E402
 from lightning_bts.data.records import load_records  # noqa: E402
 from lightning_bts.errors import UserError  # noqa: E402
 from lightning_bts.evaluation import load_predictions, write_files_atomically  # noqa: E402
+from lightning_bts.evaluation.tta import describe_tta  # noqa: E402
 from lightning_bts.experiments import seeds  # noqa: E402
 from lightning_bts.experiments.runs import collect, run_name  # noqa: E402
 from lightning_bts.experiments.stats import paired_t_test, summarize, wilcoxon_signed_rank  # noqa: E402
@@ -283,7 +284,7 @@ def _resolution(metrics: dict[str, Any], config: dict[str, Any]) -> str:
 
 def _evaluation_rule(metrics: dict[str, Any], protocol: dict[str, Any]) -> str:
     if "postprocessing_rule" in metrics:
-        return f"post-processing: {metrics['postprocessing_rule']}{', flip TTA' if metrics.get('tta') else ''}"
+        return f"post-processing: {metrics['postprocessing_rule']}{describe_tta(metrics.get('tta'))}"
     return f"threshold {protocol['threshold']}"
 
 
