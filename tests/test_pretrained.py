@@ -18,7 +18,7 @@ from lightning_bts.evaluation.predict_cli import main as predict_main
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
-TEST_METRICS = REPO / "reports" / "best_recipe" / "lr006_test" / "metrics.json"  # the shipped model's
+TEST_METRICS = REPO / "reports" / "best_recipe" / "mirror_test" / "metrics.json"  # the shipped model's
 
 
 def test_the_shipped_checkpoint_is_a_small_release_with_its_post_processing():
