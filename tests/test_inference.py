@@ -198,6 +198,21 @@ def test_mirror_tta_is_the_mean_over_the_mirrors_along_both_axes(trained, evalua
     assert np.abs(flip.probabilities(upside_down) - flip.probabilities(batch)[:, ::-1]).max() > 1e-3
 
 
+def test_modes_compared_together_share_their_views_and_equal_each_mode_alone(trained, evaluation, monkeypatch):
+    checkpoint, _ = trained
+    batch = evaluation[1][:4]
+    plain = Predictor.from_checkpoints([checkpoint])
+    alone = [plain.with_tta(mode).probabilities(batch) for mode in ("none", "flip", "mirror")]
+    views = []
+    predict_view = Predictor._probability
+    monkeypatch.setattr(Predictor, "_probability",
+                        lambda self, model, batch, dims: views.append(dims) or predict_view(self, model, batch, dims))
+    together = plain.mode_probabilities(batch, ("none", "flip", "mirror"))
+    assert sorted(views) == [(), (-2,), (-2, -1), (-1,)]  # each view once, not 1 + 2 + 4 times
+    for one, shared in zip(alone, together):
+        np.testing.assert_array_equal(shared, one)
+
+
 def test_unreadable_files_are_skipped_and_listed_or_stop_a_strict_run(trained, tmp_path, capsys):
     checkpoint, root = trained
     scans = tmp_path / "scans"

@@ -161,7 +161,9 @@ def test_selection_without_tta_never_runs_or_chooses_flipped_inference(tmp_path,
     datamodule = oracle_data(tmp_path, size=128, image_size=64)
     predictor = Predictor([Oracle(datamodule, 3)], Preprocessing(64, 3, "safe"))
     with_tta, _ = validation_dice([(predictor, datamodule)])
-    monkeypatch.setattr(Predictor, "with_tta", lambda self, tta: pytest.fail("TTA computed") if tta != "none" else self)
+    plain_view = Predictor._probability
+    monkeypatch.setattr(Predictor, "_probability", lambda self, model, batch, dims: pytest.fail("TTA computed")
+                        if dims else plain_view(self, model, batch, dims))
     without, _ = validation_dice([(predictor, datamodule)], allow_tta=False)
     assert set(without) == {c for c in with_tta if c.tta == "none"} and all(with_tta[c] == without[c] for c in without)
     chosen, stages = choose(without, allow_tta=False)

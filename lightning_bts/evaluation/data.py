@@ -35,8 +35,8 @@ SPLIT_KEYS = ("root", "num_folds", "seed", "test_fraction")  # what makes two ch
 
 @dataclass(frozen=True)
 class ScoredSlice:
-    """One slice: its row in the data module's records, the probability maps of each predictor at the model's
-    grid ``(S, S)``, the mask at that grid and the original mask ``(H, W)`` (bool)."""
+    """One slice: its row in the data module's records, the probability maps of each TTA mode asked for at the
+    model's grid ``(S, S)``, the mask at that grid and the original mask ``(H, W)`` (bool)."""
 
     index: int
     probabilities: tuple[np.ndarray, ...]
@@ -124,14 +124,15 @@ def read_original_mask(path: str | Path) -> np.ndarray:
 
 
 def iterate_slices(
-    predictors: Sequence[Predictor], datamodule: BrainTumorDataModule, part: str
+    predictor: Predictor, datamodule: BrainTumorDataModule, part: str, modes: Sequence[str] | None = None
 ) -> Iterator[ScoredSlice]:
-    """Every slice of ``part`` in batches: each predictor's probabilities, the grid mask and the original mask."""
+    """Every slice of ``part`` in batches: the predictor's probabilities under each TTA mode of ``modes`` (default:
+    its own), the grid mask and the original mask."""
     indices = datamodule.indices(part)
     loader = DataLoader(SliceDataset(datamodule.data, indices), batch_size=datamodule.hparams.batch_size)
     mask_paths = datamodule.records["mask_path"].to_numpy()
     for batch in loader:
-        maps = [predictor.probabilities(batch["image"]) for predictor in predictors]
+        maps = predictor.mode_probabilities(batch["image"], modes or (predictor.tta,))
         grid_masks = batch["mask"][:, 0].numpy() > 0
         for row, index in enumerate(batch["index"].tolist()):
             original = read_original_mask(mask_paths[index])

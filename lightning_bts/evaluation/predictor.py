@@ -182,17 +182,29 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """float32 ``(N, S, S)`` tumour probabilities of preprocessed uint8 ``(N, C, S, S)`` images."""
+        return self.mode_probabilities(images, (self.tta,))[0]
+
+    @torch.inference_mode()
+    def mode_probabilities(self, images: torch.Tensor | np.ndarray, modes: Sequence[str | bool]) -> list[np.ndarray]:
+        """:meth:`probabilities` under each TTA mode of ``modes``, each view of each model predicted once and shared
+        by the modes that use it (post-processing selection compares the modes on the same slices)."""
         batch = torch.as_tensor(images).to(self.device)
         expected = (self.preprocessing.in_channels, self.preprocessing.image_size, self.preprocessing.image_size)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
             raise InferenceError(f"model input must be (N, {', '.join(map(str, expected))}) as preprocessed for "
                                  f"this checkpoint, got {tuple(batch.shape)}")
-        total = torch.zeros((batch.shape[0], *batch.shape[2:]), dtype=torch.float32, device=self.device)
-        views = mirror_views(self.tta)
-        for model in self.models:
-            for dims in views:
-                total += self._probability(model, batch, dims)
-        return (total / (len(self.models) * len(views))).cpu().numpy()
+        predicted: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        maps = []
+        for mode in modes:
+            views = mirror_views(mode)
+            total = torch.zeros((batch.shape[0], *batch.shape[2:]), dtype=torch.float32, device=self.device)
+            for member, model in enumerate(self.models):
+                for dims in views:
+                    if (member, dims) not in predicted:
+                        predicted[member, dims] = self._probability(model, batch, dims)
+                    total += predicted[member, dims]
+            maps.append((total / (len(self.models) * len(views))).cpu().numpy())
+        return maps
 
     def _probability(self, model: nn.Module, batch: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         """float32 ``(N, S, S)`` of the batch mirrored along ``dims`` (none: as it is), mirrored back."""

@@ -136,7 +136,7 @@ def evaluate(
     grid_spacing = model.hparams.get("pixel_spacing_mm") if hasattr(model, "hparams") else None
     rule = predictor.postprocessing
     native, grid, indices, shapes, kept = SliceScores(), SliceScores(), [], [], []
-    for item in iterate_slices([predictor], datamodule, part):
+    for item in iterate_slices(predictor, datamodule, part):
         probability = item.probabilities[0]
         native_spacing, grid_spacing_here = slice_spacings(pixel_spacing, grid_spacing, item.mask.shape, size)
         grid_mask = rule.apply(probability)

@@ -145,7 +145,7 @@ def validation_dice(pairs: Sequence[tuple[Predictor, BrainTumorDataModule]],
     n_images = 0
     modes = tta_options(allow_tta)
     for predictor, datamodule in pairs:
-        for item in iterate_slices([predictor.with_tta(mode) for mode in modes], datamodule, "val"):
+        for item in iterate_slices(predictor, datamodule, "val", modes):
             counters = {mode: SliceCounter(to_original_size(p, item.mask.shape), item.mask)
                         for mode, p in zip(modes, item.probabilities)}
             totals += np.array([counters[c.tta].counts(c.rule) for c in grid], dtype=np.int64)
