@@ -5,11 +5,15 @@ random 128x128 images, bf16 autocast, channels_last, deep supervision, per-slice
 median of the last 20; each setting twice. No data loading, no validation, no EMA: the step alone.
 """
 
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 from lightning_bts.training.module import SegmentationModule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[4]))  # the repository root, for benchmarks/
+from benchmarks.step_anatomy import median_seconds  # noqa: E402
 
 
 def median_step_seconds(dropout_scale: float, steps: int = 25, warmup: int = 5) -> float:
@@ -20,17 +24,15 @@ def median_step_seconds(dropout_scale: float, steps: int = 25, warmup: int = 5) 
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     images = torch.randint(0, 255, (16, 3, 128, 128), dtype=torch.uint8)
     masks = (torch.rand(16, 1, 128, 128) > 0.9).float()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = module.loss_fn(module(images), masks)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
-    times = sorted(times[warmup:])
-    return times[len(times) // 2]
+
+    return median_seconds(step, repeats=steps - warmup, warmup=warmup)
 
 
 if __name__ == "__main__":
