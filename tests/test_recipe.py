@@ -174,6 +174,13 @@ def test_dpt_needs_a_timm_encoder_and_says_so():
     ({"optimizer": "lion"}, r"model.optimizer: unknown optimizer 'lion'"),
     ({"warmup_epochs": -1.0}, r"model.warmup_epochs"),
     ({"dropout_scale": -0.5}, r"model.dropout_scale"),
+    ({"dropout_start_epoch": -1}, r"model.dropout_start_epoch must be a whole number of epochs >= 0, got -1"),
+    ({"dropout_start_epoch": 2.5}, r"model.dropout_start_epoch must be a whole number"),
+    ({"dropout_scale": 0.0, "dropout_start_epoch": 5},
+     r"model.dropout_start_epoch=5 delays dropout, but this network has none \(model.arch=paper_unet, "
+     r"model.dropout_scale=0.0"),
+    ({"arch": "Unet", "encoder": "resnet18", "dropout_start_epoch": 5},
+     r"model.dropout_start_epoch=5 .*model.arch=Unet"),
 ])
 def test_bad_options_raise_config_errors_naming_the_option(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -203,6 +210,45 @@ def test_a_decaying_schedule_without_any_budget_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="max_epochs, trainer.max_steps or trainer.max_time"):
         trainer(tmp_path, max_epochs=-1, limit_val_batches=0).fit(
             module, train_dataloaders=DataLoader(disc_batches(1), batch_size=2))
+
+
+# ---- late dropout ----
+
+
+class RecordDropout(pl.Callback):
+    """Per epoch: the dropout layers' rates, and whether two training-mode passes over one input differ."""
+
+    def __init__(self) -> None:
+        self.rates: dict[int, list[float]] = {}
+        self.random: dict[int, bool] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx:
+            return
+        self.rates[trainer.current_epoch] = [layer.p for layer in pl_module.dropout_rates]
+        with torch.no_grad():
+            image = batch["image"].float()
+            self.random[trainer.current_epoch] = not torch.equal(pl_module.net(image), pl_module.net(image))
+
+
+def test_late_dropout_is_off_before_its_start_epoch_and_at_the_networks_rates_from_then_on(tmp_path):
+    torch.manual_seed(0)
+    module = SegmentationModule(**TINY, loss="bce", dropout_start_epoch=2)
+    configured = list(module.dropout_rates.values())
+    assert len(configured) == 5 and all(rate > 0 for rate in configured)  # depth 2: 3 down, 2 up
+    recorder = RecordDropout()
+    trainer(tmp_path, [recorder], max_epochs=4, limit_val_batches=0).fit(
+        module, train_dataloaders=DataLoader(disc_batches(2), batch_size=2))
+    assert recorder.rates == {0: [0.0] * 5, 1: [0.0] * 5, 2: configured, 3: configured}
+    assert recorder.random == {0: False, 1: False, 2: True, 3: True}
+
+
+def test_without_late_dropout_the_rates_are_never_touched(tmp_path):
+    module = SegmentationModule(**TINY, loss="bce", dropout_scale=0.5)
+    recorder = RecordDropout()
+    trainer(tmp_path, [recorder], max_epochs=1, limit_val_batches=0).fit(
+        module, train_dataloaders=DataLoader(disc_batches(1), batch_size=2))
+    assert recorder.rates[0] == list(module.dropout_rates.values()) and recorder.random[0]
 
 
 # ---- old checkpoints ----

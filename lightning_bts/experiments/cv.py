@@ -157,6 +157,7 @@ def _resolved_config(log_dir: Path) -> dict[str, Any]:
         "limit_val_batches": trainer.get("limit_val_batches"),
         "loss": model.get("loss"), "focal_gamma": model.get("focal_gamma"), "focal_alpha": model.get("focal_alpha"),
         "lr": model.get("lr"), "adam_eps": model.get("adam_eps"), "dropout_scale": model.get("dropout_scale"),
+        "dropout_start_epoch": model.get("dropout_start_epoch", 0),
         "base_filters": model.get("base_filters"), "batch_norm": model.get("batch_norm"),
         "arch": model.get("arch", "paper_unet"), "encoder": model.get("encoder"), "norm": model.get("norm", "none"),
         "deep_supervision": model.get("deep_supervision", False), "optimizer": model.get("optimizer"),

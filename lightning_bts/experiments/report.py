@@ -232,7 +232,9 @@ def _protocol_lines(data: dict[str, Any]) -> list[str]:
         f"type), split seed {config['split_seed']}, the same folds for every loss",
         f"- model: {_network(config)}, base filters {config['base_filters']}, norm `{_norm(config)}` (batch norm "
         f"{config['batch_norm']}), deep supervision {config.get('deep_supervision', False)}, dropout scale "
-        f"{config['dropout_scale']}; weights re-initialised from `seed_everything({seeds.seed_label(records)})` "
+        f"{config['dropout_scale']}"
+        + (f" from epoch {config['dropout_start_epoch']}" if config.get("dropout_start_epoch") else "")
+        + f"; weights re-initialised from `seed_everything({seeds.seed_label(records)})` "
         "for every fold and loss (identical initial weights: a paired comparison)",
         f"- input: {config['image_size']}x{config['image_size']} px, {config['in_channels']} channels, skull "
         f"stripping `{config['skull_strip']}`, augmentation {config['augment']} (`data.augmentation` "

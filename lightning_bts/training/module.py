@@ -27,7 +27,10 @@ class SegmentationModule(pl.LightningModule):
     Network (:func:`~lightning_bts.models.build_network`): ``arch`` ``paper_unet`` (default) is
     :class:`~lightning_bts.models.UNet`, built from ``in_channels`` ... ``input_scale``, ``norm`` (``none``,
     ``batch``, ``instance``, ``group``; ``batch_norm=True`` is the older spelling of ``batch``) and
-    ``deep_supervision``; ``dropout_scale`` multiplies the paper's dropout rates (0 turns dropout off). Any other
+    ``deep_supervision``; ``dropout_scale`` multiplies the paper's dropout rates (0 turns dropout off), and
+    ``dropout_start_epoch`` keeps dropout off for that many epochs first ("late dropout", Liu et al., ICML 2023,
+    "Dropout Reduces Underfitting": a network learns sooner without it, and needs it only once it starts to fit
+    its training data; 0, the paper's behaviour, keeps it on from the first step). Any other
     ``arch`` is a segmentation_models_pytorch architecture (``Unet``, ``FPN``, ...) with ``encoder``, randomly
     initialised. Loss arguments pick the loss by name (:data:`lightning_bts.losses.LOSS_NAMES`); ``loss_eps``
     overrides the probability clipping (0 = none; by default each loss clips as Keras trains it).
@@ -59,6 +62,7 @@ class SegmentationModule(pl.LightningModule):
         base_filters: int = 16,
         depth: int = 4,
         dropout_scale: float = 1.0,
+        dropout_start_epoch: int = 0,
         batch_norm: bool = False,
         input_scale: float = 1.0 / 255.0,
         loss: str = "focal",
@@ -98,6 +102,14 @@ class SegmentationModule(pl.LightningModule):
         self.save_hyperparameters()
         self.net = build_network(arch, encoder, in_channels, base_filters, depth, dropout_scale, norm, batch_norm,
                                  input_scale, deep_supervision)
+        self.dropout_rates = {layer: layer.p for layer in self.net.modules()
+                              if isinstance(layer, torch.nn.Dropout) and layer.p > 0}
+        if dropout_start_epoch < 0 or int(dropout_start_epoch) != dropout_start_epoch:
+            raise ConfigError(f"model.dropout_start_epoch must be a whole number of epochs >= 0, got "
+                              f"{dropout_start_epoch}")
+        if dropout_start_epoch and not self.dropout_rates:
+            raise ConfigError(f"model.dropout_start_epoch={dropout_start_epoch} delays dropout, but this network has "
+                              f"none (model.arch={arch}, model.dropout_scale={dropout_scale})")
         self.loss_fn = build_loss(loss, gamma=focal_gamma, alpha=focal_alpha, eps=loss_eps)
         if deep_supervision:
             self.loss_fn = DeepSupervisionLoss(self.loss_fn)
@@ -153,6 +165,15 @@ class SegmentationModule(pl.LightningModule):
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
+
+    def on_train_epoch_start(self) -> None:
+        """Late dropout: rate 0 before ``dropout_start_epoch``, the network's own rates from then on (also on
+        resuming, since the rates are set from the epoch and not saved)."""
+        if not self.hparams.get("dropout_start_epoch", 0):
+            return
+        on = self.current_epoch >= self.hparams.dropout_start_epoch
+        for layer, rate in self.dropout_rates.items():
+            layer.p = rate if on else 0.0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss_fn(self(batch["image"]), batch["mask"])  # deep supervision: the loss takes the list
