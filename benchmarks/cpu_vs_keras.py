@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.step_anatomy import onednn_summary  # noqa: E402
+from benchmarks.time_to_dice import cpu_description  # noqa: E402
 from lightning_bts.data import BrainTumorDataModule, load_records  # noqa: E402
 from lightning_bts.data.preprocess import preprocess_slice  # noqa: E402
 
@@ -75,15 +75,7 @@ def data_rates(root: Path, size: int, batch: int) -> tuple[float, float]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return f"{cpu_description()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def measure(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

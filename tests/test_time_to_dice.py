@@ -53,6 +53,19 @@ def test_seconds_to_reach_and_a_slower_ours():
     assert summary["speedup_to_keras_final_dice"] == pytest.approx(0.5)  # below 1: ours is slower
 
 
+def test_cpu_description_names_the_vector_extensions_that_tell_machines_apart(tmp_path):
+    def describe(flags: str | None) -> str:
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\n" + (f"flags\t\t: {flags}\n" if flags else ""))
+        return time_to_dice.cpu_description(cpuinfo)
+
+    cores = f"AMD EPYC, {os.cpu_count()} cores visible"
+    assert describe("fpu sse avx2 avx512f avx512_bf16 amx_tile") == f"{cores}, amx_tile avx512_bf16 avx512f avx2"
+    assert describe("fpu sse avx2 fma") == f"{cores}, avx2"
+    assert describe("fpu sse4_2") == f"{cores}, no AVX2"
+    assert describe(None) == cores  # no flags line (not x86): nothing claimed either way
+
+
 def test_pooled_dice_pools_pixels_and_scores_empty_as_perfect():
     target = np.zeros((2, 4, 4), bool)
     target[0, :2, :2] = True  # 4 pixels
