@@ -147,9 +147,11 @@ class HausdorffMetrics(Metric):
         targets = (target.detach() > 0.5).cpu().numpy()
         rows = [hausdorff_distances(p.squeeze(0), t.squeeze(0), self.spacing) for p, t in zip(preds, targets)]
         hd, hd95, empty = zip(*rows)
-        self.hd.append(torch.tensor(hd, dtype=torch.float64))
-        self.hd95.append(torch.tensor(hd95, dtype=torch.float64))
-        self.empty.append(torch.tensor(empty, dtype=torch.float64))
+        # States on the metric's device, as every other score: the module stacks them all into one host copy,
+        # and a distributed sync gathers them on the device (a CUDA run failed on CPU states here).
+        self.hd.append(torch.tensor(hd, dtype=torch.float64, device=self.device))
+        self.hd95.append(torch.tensor(hd95, dtype=torch.float64, device=self.device))
+        self.empty.append(torch.tensor(empty, dtype=torch.float64, device=self.device))
 
     def per_image_scores(self) -> dict[str, torch.Tensor]:
         cat = torch.cat if isinstance(self.hd, list) else (lambda x: x)

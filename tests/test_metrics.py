@@ -112,6 +112,15 @@ def test_one_empty_mask_scores_the_image_diagonal_and_is_counted():
     assert scores["hd"].item() == pytest.approx(50.0) and scores["hd_empty"].item() == 1
 
 
+def test_hausdorff_scores_live_on_the_metric_device():
+    """On a GPU the module stacks them with the overlap scores, which live there: CPU states broke that."""
+    metric = HausdorffMetrics().to("meta")  # a device that is not the CPU, on any machine
+    target = torch.zeros((2, 1, 16, 16))
+    target[:, :, 4:9, 4:9] = 1
+    metric.update(torch.where(target > 0, 5.0, -5.0), target)
+    assert {value.device.type for value in metric.compute().values()} == {"meta"}
+
+
 def test_bad_threshold_is_rejected():
     with pytest.raises(ValueError, match="between 0 and 1"):
         OverlapMetrics(threshold=1.0)
