@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from scipy.spatial.distance import directed_hausdorff
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
 
@@ -151,3 +152,43 @@ def test_hd95_matches_an_all_pairs_oracle(spacing):
         assert hd == pytest.approx(max(to_target.max(), to_pred.max()), rel=1e-9)
         assert hd95 == pytest.approx(max(np.percentile(to_target, 95), np.percentile(to_pred, 95)), rel=1e-9)
         assert hd95 < hd  # the islands make the maximum an outlier that HD95 leaves out
+
+
+@pytest.mark.parametrize("corner", [False, True])
+def test_small_masks_in_a_large_slice_match_the_oracle(corner):
+    """Distances are computed in the box around both masks: exact in the middle of a slice and at its edges."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(2)
+    spacing = (0.7, 0.45)
+    for _ in range(5):
+        pred = np.zeros((200, 160), bool)
+        target = np.zeros((200, 160), bool)
+        top, left = (0, 0) if corner else (rng.integers(40, 120), rng.integers(40, 100))
+        target[top:top + rng.integers(8, 30), left:left + rng.integers(8, 30)] = True
+        rows = slice(top + rng.integers(0, 6), top + rng.integers(10, 34))
+        pred[rows, left + rng.integers(0, 6):left + rng.integers(10, 34)] = True
+        pred[top + 40, left + 45] = True  # an island outside the tumour
+        distances = cdist(_boundary_points(pred, spacing), _boundary_points(target, spacing))
+        to_target, to_pred = distances.min(axis=1), distances.min(axis=0)
+        hd, hd95, _ = hausdorff_distances(pred, target, spacing=spacing)
+        assert hd == pytest.approx(max(to_target.max(), to_pred.max()), rel=1e-9)
+        assert hd95 == pytest.approx(max(np.percentile(to_target, 95), np.percentile(to_pred, 95)), rel=1e-9)
+
+
+def test_volumes_are_cropped_exactly():
+    """The same box in three dimensions: the cropped result equals the distance transform of the whole volume."""
+    pred = np.zeros((20, 64, 64), bool)
+    target = np.zeros((20, 64, 64), bool)
+    target[5:12, 20:35, 22:40] = True
+    pred[6:13, 22:38, 20:37] = True
+    pred[14, 45, 30] = True  # an island: the box is still well inside the volume
+    whole_target = ndimage.distance_transform_edt(~_edge(target), sampling=(3.0, 0.8, 0.8))[_edge(pred)]
+    whole_pred = ndimage.distance_transform_edt(~_edge(pred), sampling=(3.0, 0.8, 0.8))[_edge(target)]
+    hd, hd95, _ = hausdorff_distances(pred, target, spacing=(3.0, 0.8, 0.8))
+    assert hd == pytest.approx(max(whole_target.max(), whole_pred.max()), rel=1e-12)
+    assert hd95 == pytest.approx(max(np.percentile(whole_target, 95), np.percentile(whole_pred, 95)), rel=1e-12)
+
+
+def _edge(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
