@@ -5,7 +5,7 @@ from scipy import ndimage
 from scipy.spatial.distance import directed_hausdorff
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
 
-from lightning_bts.metrics import HausdorffMetrics, OverlapMetrics, hausdorff_distances
+from lightning_bts.metrics import HausdorffMetrics, OverlapMetrics, _boundary, hausdorff_distances
 
 
 def random_batch(seed: int, n: int = 6, size: int = 24):
@@ -183,12 +183,8 @@ def test_volumes_are_cropped_exactly():
     target[5:12, 20:35, 22:40] = True
     pred[6:13, 22:38, 20:37] = True
     pred[14, 45, 30] = True  # an island: the box is still well inside the volume
-    whole_target = ndimage.distance_transform_edt(~_edge(target), sampling=(3.0, 0.8, 0.8))[_edge(pred)]
-    whole_pred = ndimage.distance_transform_edt(~_edge(pred), sampling=(3.0, 0.8, 0.8))[_edge(target)]
+    whole_target = ndimage.distance_transform_edt(~_boundary(target), sampling=(3.0, 0.8, 0.8))[_boundary(pred)]
+    whole_pred = ndimage.distance_transform_edt(~_boundary(pred), sampling=(3.0, 0.8, 0.8))[_boundary(target)]
     hd, hd95, _ = hausdorff_distances(pred, target, spacing=(3.0, 0.8, 0.8))
     assert hd == pytest.approx(max(whole_target.max(), whole_pred.max()), rel=1e-12)
     assert hd95 == pytest.approx(max(np.percentile(whole_target, 95), np.percentile(whole_pred, 95)), rel=1e-12)
-
-
-def _edge(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
