@@ -89,6 +89,30 @@ def test_ema_warmup_leaves_the_first_weights_a_vanishing_share():
     assert warmup_decay(0.999, 1) == pytest.approx(2 / 11) and warmup_decay(0.999, 10**6) == 0.999
 
 
+def test_ema_update_moves_float_tensors_and_copies_integer_buffers():
+    from torch.optim.swa_utils import AveragedModel
+
+    from lightning_bts.training.ema import warmup_decay, warmup_ema_fn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    averaged = AveragedModel(model, multi_avg_fn=warmup_ema_fn(0.9), use_buffers=True)
+    averaged.update_parameters(model)  # the first update copies
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    model(torch.randn(4, 1, 8, 8))  # training mode: running statistics and num_batches_tracked move
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    averaged.update_parameters(model)
+    rate = warmup_decay(0.9, 1)
+    for name, value in model.state_dict().items():
+        got = averaged.module.state_dict()[name]
+        if value.is_floating_point():
+            torch.testing.assert_close(got, rate * before[name] + (1 - rate) * value)
+        else:
+            assert torch.equal(got, value), name  # an integer count is not averaged
+    assert not torch.equal(averaged.module[1].running_mean, model[1].running_mean)
+
+
 def test_no_ema_callback_unless_asked():
     assert SegmentationModule(**TINY).configure_callbacks() == []
     (callback,) = SegmentationModule(**TINY, ema_decay=0.99).configure_callbacks()

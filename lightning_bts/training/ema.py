@@ -22,13 +22,22 @@ def warmup_decay(decay: float, num_averaged: int | torch.Tensor) -> float:
     return min(decay, (1.0 + n) / (10.0 + n))
 
 
-def warmup_ema_fn(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel` (its first update copies the weights)."""
+def warmup_ema_fn(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """``multi_avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel` (its first update copies the weights).
+
+    ``AveragedModel`` calls it once per group of tensors of one device and dtype, so the step count is read on the
+    host once per update: a per-tensor ``avg_fn`` reads it once per tensor, on a GPU one synchronisation each (142
+    a step for the recipe's U-Net: 88 parameters, 54 batch-norm buffers). Floating-point tensors move towards the
+    model's by ``1 - decay`` in one ``torch._foreach_lerp_``; integer buffers (batch norm's ``num_batches_tracked``)
+    cannot be averaged and take the model's value.
+    """
 
     @torch.no_grad()
-    def update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        rate = warmup_decay(decay, num_averaged)
-        return rate * averaged + (1.0 - rate) * current
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():
+            torch._foreach_copy_(averaged, current)
+            return
+        torch._foreach_lerp_(averaged, current, 1.0 - warmup_decay(decay, num_averaged))
 
     return update
 
@@ -43,7 +52,7 @@ class WarmupEMA(WeightAveraging):
     def __init__(self, decay: float = 0.999) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        super().__init__(use_buffers=True, avg_fn=warmup_ema_fn(decay))
+        super().__init__(use_buffers=True, multi_avg_fn=warmup_ema_fn(decay))
         self.decay = decay
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
