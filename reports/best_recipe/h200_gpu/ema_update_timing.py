@@ -4,9 +4,9 @@
 
 Measured at 08fa9b2 on the 2-core AMD EPYC with AVX2 only, nothing else running (2026-12-04 21:39 UTC), two rounds:
 avg_fn 9.03 and 5.88 ms per update, multi_avg_fn 1.40 and 1.40 ms. On this CPU a training step takes about 700 ms
-(fp32, batch 16), so the change is under 1 % here; on the H200 an epoch of 90 steps took 3.9 s (43 ms a step) and
-the old update also read the step count on the host once per tensor (142 GPU synchronisations a step). Not yet
-measured on a GPU.
+(fp32, batch 16), so the change is under 1 % here; on the H200 an epoch of 90 steps took 3.9 s, validation included
+(43 ms a step), and the old update also read the step count on the host once per tensor (142 GPU synchronisations a
+step). Not yet measured on a GPU.
 """
 
 import time
