@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lightning_bts.errors import ConfigError
+from lightning_bts.models.input_norm import check_input_norm, normalise_input
 from lightning_bts.models.unet import UNet, paper_dropout_rates
 
 PAPER_UNET = "paper_unet"
@@ -24,19 +25,22 @@ PAPER_ONLY_DEFAULTS = {"base_filters": 16, "depth": 4, "dropout_scale": 1.0, "no
 
 
 class InputScaled(nn.Module):
-    """``net(x * input_scale)``: an smp network fed 0..255 images as the paper's U-Net is.
+    """``net(x * input_scale)``: an smp network fed 0..255 images as the paper's U-Net is (or, with
+    ``input_norm="zscore"``, each slice's foreground z-score: :mod:`lightning_bts.models.input_norm`).
 
     Shape:
         input ``(N, C, H, W)``; output what ``net`` returns (logits ``(N, 1, H, W)`` for smp networks).
     """
 
-    def __init__(self, net: nn.Module, input_scale: float = 1.0 / 255.0) -> None:
+    def __init__(self, net: nn.Module, input_scale: float = 1.0 / 255.0, input_norm: str = "scale") -> None:
         super().__init__()
+        check_input_norm(input_norm)
         self.net = net
         self.input_scale = input_scale
+        self.input_norm = input_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x * self.input_scale if self.input_scale != 1.0 else x)
+        return self.net(normalise_input(x, self.input_norm, self.input_scale))
 
 
 def smp_architectures() -> dict[str, str]:
@@ -86,25 +90,29 @@ def build_network(
     batch_norm: bool = False,
     input_scale: float = 1.0 / 255.0,
     deep_supervision: bool = False,
+    input_norm: str = "scale",
 ) -> nn.Module:
     """The network for these options, returning logits ``(N, 1, H, W)`` for 0..255 input.
 
     ``paper_unet``: :class:`~lightning_bts.models.unet.UNet` with the paper's dropout rates times
     ``dropout_scale`` (each capped at 0.9). Otherwise an smp architecture by name (case-insensitive) with
-    ``encoder``, randomly initialised.
+    ``encoder``, randomly initialised. ``input_norm`` (both kinds): ``scale`` (the paper's ``x * input_scale``)
+    or ``zscore`` (:mod:`lightning_bts.models.input_norm`).
 
     Raises:
-        ConfigError: unknown architecture or encoder (valid choices listed), a paper-U-Net option set for an smp
-            network, a negative ``dropout_scale``, or an encoder the architecture cannot take.
+        ConfigError: unknown architecture, encoder or input normalisation (valid choices listed), a paper-U-Net
+            option set for an smp network, a negative ``dropout_scale``, or an encoder the architecture cannot take.
     """
     if dropout_scale < 0:
         raise ConfigError(f"model.dropout_scale must be >= 0, got {dropout_scale}")
+    check_input_norm(input_norm)
     if arch == PAPER_UNET:
         down, up = paper_dropout_rates(depth)
         return UNet(in_channels=in_channels, base_filters=base_filters, depth=depth,
                     dropout_down=[min(rate * dropout_scale, 0.9) for rate in down],
                     dropout_up=[min(rate * dropout_scale, 0.9) for rate in up],
-                    batch_norm=batch_norm, input_scale=input_scale, norm=norm, deep_supervision=deep_supervision)
+                    batch_norm=batch_norm, input_scale=input_scale, norm=norm, deep_supervision=deep_supervision,
+                    input_norm=input_norm)
 
     architectures = smp_architectures()
     if arch.lower() not in architectures:
@@ -123,7 +131,7 @@ def build_network(
         net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=1)
     except (ValueError, KeyError, RuntimeError, AssertionError) as error:
         raise ConfigError(f"model.arch={arch} cannot be built with model.encoder={encoder}: {error}") from error
-    return InputScaled(net, input_scale)
+    return InputScaled(net, input_scale, input_norm)
 
 
 def check_image_size(net: nn.Module, image_size: int, arch: str = PAPER_UNET, in_channels: int = 3) -> None:

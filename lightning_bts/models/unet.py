@@ -27,6 +27,7 @@ from torch import nn
 
 from lightning_bts.errors import ConfigError
 from lightning_bts.models.dropout import FastDropout
+from lightning_bts.models.input_norm import check_input_norm, normalise_input
 
 # Keras' he_normal draws from a normal truncated at two standard deviations, and scales the standard
 # deviation up by this constant so that the *truncated* distribution has variance 2 / fan_in.
@@ -148,6 +149,8 @@ class UNet(nn.Module):
         dropout_up: ``depth`` rates, deepest decoder level first. Default: the paper's.
         batch_norm: the older spelling of ``norm="batch"`` (kept so that saved configs build the same net).
         input_scale: multiplies the input first, as the Keras ``Lambda(x / 255)``; 1.0 for pre-scaled input.
+        input_norm: ``"scale"`` (the paper: ``x * input_scale``) or ``"zscore"`` (per slice and channel over
+            its foreground; :mod:`lightning_bts.models.input_norm`).
         norm: ``"none"`` (the paper), ``"batch"``, ``"instance"`` or ``"group"`` (:func:`group_count` groups)
             after every 3x3 conv, before its ReLU.
         deep_supervision: add a 1x1 logit head at each decoder level below full resolution (``depth - 1``
@@ -159,7 +162,8 @@ class UNet(nn.Module):
         (in training mode with ``deep_supervision``: a list, then ``(N, 1, H / 2**k, W / 2**k)`` for k = 1..depth-1).
 
     Raises:
-        ConfigError: unknown ``norm``, or ``deep_supervision`` with ``depth`` 1 (no level below full resolution).
+        ConfigError: unknown ``norm`` or ``input_norm``, or ``deep_supervision`` with ``depth`` 1 (no level below
+            full resolution).
     """
 
     def __init__(
@@ -173,8 +177,10 @@ class UNet(nn.Module):
         input_scale: float = 1.0 / 255.0,
         norm: str = "none",
         deep_supervision: bool = False,
+        input_norm: str = "scale",
     ) -> None:
         super().__init__()
+        check_input_norm(input_norm)
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         if deep_supervision and depth < 2:
@@ -190,6 +196,7 @@ class UNet(nn.Module):
             )
         self.depth = depth
         self.input_scale = input_scale
+        self.input_norm = input_norm
         self.norm = norm
         self.deep_supervision = deep_supervision
         widths = [base_filters * 2**level for level in range(depth + 1)]
@@ -232,8 +239,7 @@ class UNet(nn.Module):
                 f"input height and width must be divisible by {size_multiple} (2**depth), got "
                 f"{tuple(x.shape[-2:])}; resize or pad the images"
             )
-        if self.input_scale != 1.0:
-            x = x * self.input_scale
+        x = normalise_input(x, self.input_norm, self.input_scale)
         skips = []
         for block in self.encoder:
             x = block(x)

@@ -25,7 +25,8 @@ class SegmentationModule(pl.LightningModule):
     """Trains a segmentation network on ``{"image", "mask"}`` batches. Every default is the paper's recipe.
 
     Network (:func:`~lightning_bts.models.build_network`): ``arch`` ``paper_unet`` (default) is
-    :class:`~lightning_bts.models.UNet`, built from ``in_channels`` ... ``input_scale``, ``norm`` (``none``,
+    :class:`~lightning_bts.models.UNet`, built from ``in_channels`` ... ``input_scale``, ``input_norm`` (``scale``,
+    the paper's ``x / 255``, or ``zscore``: each slice's foreground to mean 0 and deviation 1), ``norm`` (``none``,
     ``batch``, ``instance``, ``group``; ``batch_norm=True`` is the older spelling of ``batch``) and
     ``deep_supervision``; ``dropout_scale`` multiplies the paper's dropout rates (0 turns dropout off), and
     ``dropout_start_epoch`` keeps dropout off for that many epochs first ("late dropout", Liu et al., ICML 2023,
@@ -65,6 +66,7 @@ class SegmentationModule(pl.LightningModule):
         dropout_start_epoch: int = 0,
         batch_norm: bool = False,
         input_scale: float = 1.0 / 255.0,
+        input_norm: str = "scale",
         loss: str = "focal",
         focal_gamma: float = 2.0,
         focal_alpha: float | None = None,
@@ -101,7 +103,7 @@ class SegmentationModule(pl.LightningModule):
             raise ConfigError(f"model.ema_decay must be in (0, 1) (e.g. 0.999) or null for none, got {ema_decay}")
         self.save_hyperparameters()
         self.net = build_network(arch, encoder, in_channels, base_filters, depth, dropout_scale, norm, batch_norm,
-                                 input_scale, deep_supervision)
+                                 input_scale, deep_supervision, input_norm)
         self.dropout_rates = {layer: layer.p for layer in self.net.modules()
                               if isinstance(layer, torch.nn.Dropout) and layer.p > 0}
         if dropout_start_epoch < 0 or int(dropout_start_epoch) != dropout_start_epoch:
