@@ -69,3 +69,17 @@ def test_both_network_kinds_take_zscore_input_and_train_a_step(arch):
 def test_an_unknown_input_norm_is_refused_by_name():
     with pytest.raises(ConfigError, match=r"model.input_norm: unknown input normalisation 'minmax'.*scale, zscore"):
         SegmentationModule(input_norm="minmax")
+
+
+def test_a_zscore_network_exports_to_onnx_and_predicts_as_in_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from lightning_bts.evaluation.export import export_onnx, run_exported
+
+    torch.manual_seed(0)
+    net = UNet(base_filters=4, depth=2, norm="batch", input_norm="zscore").eval()
+    images = torch.cat([brain_like_slice(seed) for seed in range(3)])
+    path = tmp_path / "zscore.onnx"
+    export_onnx(net, images[:1], path, {})
+    with torch.no_grad():
+        expected = net(images).numpy()
+    assert abs(run_exported(path, "onnx", images) - expected).max() <= 1e-4
