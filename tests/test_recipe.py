@@ -35,6 +35,16 @@ def disc_batches(count: int = 4, size: int = 32, batch_size: int = 2, seed: int 
     return items
 
 
+def train_one_step(module: SegmentationModule, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """One optimiser step of ``module`` on one batch, outside a Trainer; returns the (finite) loss."""
+    optimizer = module.configure_optimizers()
+    loss = module.training_step({"image": images, "mask": masks}, 0)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    return loss
+
+
 def trainer(tmp_path, callbacks=(), **kwargs) -> pl.Trainer:
     defaults = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
                 "default_root_dir": tmp_path, "num_sanity_val_steps": 0, "enable_checkpointing": False}
@@ -164,11 +174,7 @@ def test_each_smp_architecture_builds_randomly_initialised_and_trains_a_step(arc
     check_image_size(module.net, size, arch)
     images = torch.rand(2, 3, size, size) * 255
     masks = (torch.rand(2, 1, size, size) > 0.8).float()
-    optimizer = module.configure_optimizers()
-    loss = module.training_step({"image": images, "mask": masks}, 0)
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
+    train_one_step(module, images, masks)
     module.eval()
     with torch.no_grad():
         out = module(images)
