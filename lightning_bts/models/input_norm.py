@@ -1,15 +1,15 @@
 """How a network turns 0..255 images into its input: the paper's ``x / 255``, or a per-slice z-score.
 
 The shared figshare slices are each stretched to span 0..255 (``slice_minmax``), so one bright pixel (fat, a
-vessel) sets the scale of the whole slice: the brain's mean intensity ranges over 55-91 between the 5th and
+vessel) sets the scale of the whole slice: the mean of the pixels above 20 ranges over 55-91 between the 5th and
 95th percentile of slices (reports/best_recipe/candidates.md). ``zscore`` instead gives every slice and channel
 mean 0 and standard deviation 1 over its foreground, as nnU-Net normalises MRI (per image, z-score).
 
 The foreground is every pixel at or above ``min + 0.1 * (max - min)`` of its slice and channel, not simply ``> 0``:
 the training augmentation's brightness shift lifts a skull-stripped background off zero, and its Gaussian noise
 (standard deviation up to 13 grey levels) scatters it, and neither should change what counts as brain. Every
-pixel is then normalised with the foreground's statistics, so the background becomes one constant per slice
-(about -2.4 at the shared set's median) and dark tissue inside the brain keeps its contrast.
+pixel is then normalised with the foreground's statistics, so a zero background becomes one constant per slice
+(minus the foreground's mean over its deviation) and dark tissue inside the brain keeps its contrast.
 """
 
 from __future__ import annotations
