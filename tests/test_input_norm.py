@@ -63,9 +63,10 @@ def test_both_network_kinds_take_zscore_input_and_train_a_step(arch):
         torch.testing.assert_close(module(1.5 * image + 20), module(image), rtol=1e-3, atol=1e-3)
 
 
-def test_an_unknown_input_norm_is_refused_by_name():
+@pytest.mark.parametrize("network", [{}, {"arch": "Unet", "encoder": "resnet18"}])
+def test_an_unknown_input_norm_is_refused_by_name(network):
     with pytest.raises(ConfigError, match=r"model.input_norm: unknown input normalisation 'minmax'.*scale, zscore"):
-        SegmentationModule(input_norm="minmax")
+        SegmentationModule(input_norm="minmax", **network)
 
 
 def test_a_zscore_network_exports_to_onnx_and_predicts_as_in_pytorch(tmp_path):

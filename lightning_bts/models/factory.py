@@ -105,7 +105,6 @@ def build_network(
     """
     if dropout_scale < 0:
         raise ConfigError(f"model.dropout_scale must be >= 0, got {dropout_scale}")
-    check_input_norm(input_norm)
     if arch == PAPER_UNET:
         down, up = paper_dropout_rates(depth)
         return UNet(in_channels=in_channels, base_filters=base_filters, depth=depth,
