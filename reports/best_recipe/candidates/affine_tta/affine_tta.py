@@ -10,7 +10,6 @@ import sys
 
 import cv2
 import numpy as np
-
 from torch.utils.data import DataLoader
 
 from lightning_bts.data.dataset import SliceDataset
