@@ -71,6 +71,28 @@ def test_tumour_types_are_pooled_within_each_type():
     assert sum(t["tumor_pixel_share"] for t in types.values()) == pytest.approx(1.0)
 
 
+def test_slices_where_the_tumour_was_not_found_are_counted_with_the_scores_of_the_others():
+    missed = subgroup_scores(_slices())["not_found"]
+    # slice Dice: A's two 600/1100 and 300/700, B and C 1, D 0 (missed): one slice under 0.1, D's 50 of 1150 pixels
+    assert (missed["slices"], missed["slices_with_tumor"]) == (1, 5)
+    assert missed["tumor_pixel_share"] == pytest.approx(50 / 1150)
+    assert missed["others_dice"] == pytest.approx(2 * 650 / (2 * 650 + 450 + 450))
+    assert missed["others_dice_per_slice"] == pytest.approx((6 / 11 + 3 / 7 + 1 + 1) / 4)
+    # a mark beside the tumour (Dice 2*5/(2*5+200+95) = 0.033) is not found either; a slice without tumour is
+    # neither missed nor counted
+    beside = pd.DataFrame({"patient_group": ["E", "F"], "tp": [5, 0], "fp": [200, 30], "fn": [95, 0]})
+    missed = subgroup_scores(pd.concat([_slices(), beside], ignore_index=True))["not_found"]
+    assert (missed["slices"], missed["slices_with_tumor"]) == (2, 6)
+
+
+def test_when_no_slice_is_found_the_others_have_no_scores():
+    table = pd.DataFrame({"patient_group": ["A", "B"], "tp": [0, 0], "fp": [40, 0], "fn": [10, 20]})
+    missed = subgroup_scores(table)["not_found"]
+    assert missed["slices"] == 2 and missed["tumor_pixel_share"] == 1.0
+    assert missed["others_dice"] is None and missed["others_dice_per_slice"] is None
+    json.dumps(missed)
+
+
 def test_a_patient_without_tumour_or_prediction_scores_one():
     # the zero-denominator rule of lightning_bts.metrics: nothing to find and nothing predicted is perfect
     table = pd.DataFrame({"patient_group": ["A", "E"], "tp": [10, 0], "fp": [0, 0], "fn": [10, 0]})
@@ -109,3 +131,5 @@ def test_the_table_prints_both():
     assert ("most of the errors: A (2 slices) holds 95% of the false and missed pixels (what pooled Dice loses) "
             "and 78% of the tumour pixels, Dice 50.00%") in table
     assert "glioma:     Dice 50.00%, precision 50.00%, recall 50.00% (2 slices, 1 patient, 78% of" in table
+    assert ("tumour not found (Dice under 0.1) on 1 of 5 slices with tumour (4% of the tumour pixels); the other "
+            "slices: pooled Dice 59.09%, per slice 74.35%") in table

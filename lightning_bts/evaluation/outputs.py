@@ -134,7 +134,8 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 
 
 def _subgroup_lines(metrics: Mapping[str, Any]) -> list[str]:
-    """Per patient and per tumour type (when ``metrics`` has them): who the pooled Dice is made of."""
+    """Per patient, slices where the tumour was not found, and per tumour type (when ``metrics`` has them): who
+    the pooled Dice is made of."""
     lines = []
     patients = metrics.get("by_patient")
     if patients:
@@ -149,6 +150,15 @@ def _subgroup_lines(metrics: Mapping[str, Any]) -> list[str]:
                      f"{100 * worst['error_pixel_share']:.0f}% of the false and missed pixels (what pooled Dice "
                      f"loses) and {100 * worst['tumor_pixel_share']:.0f}% of the tumour pixels, "
                      f"Dice {100 * worst['dice']:.2f}%")
+    missed = metrics.get("not_found")
+    if missed and missed["slices"]:
+        line = (f"tumour not found (Dice under {missed['dice_below']:g}) on {missed['slices']} of "
+                f"{missed['slices_with_tumor']} slices with tumour ({100 * missed['tumor_pixel_share']:.0f}% of the "
+                "tumour pixels)")
+        if missed["others_dice"] is not None:
+            line += (f"; the other slices: pooled Dice {100 * missed['others_dice']:.2f}%, per slice "
+                     f"{100 * missed['others_dice_per_slice']:.2f}%")
+        lines.append(line)
     for name, scores in (metrics.get("by_tumor_type") or {}).items():
         lines.append(f"{name + ':':<12}Dice {100 * scores['dice']:.2f}%, precision {100 * scores['precision']:.2f}%, "
                      f"recall {100 * scores['recall']:.2f}% ({scores['slices']} slices, "

@@ -16,8 +16,8 @@ a ratio with a zero denominator is 1 for a perfect prediction, else 0). Hausdorf
 spacing is known (``pixel_spacing`` of the original slices, or the model's ``pixel_spacing_mm`` of its grid,
 converted per slice), else in pixels of each grid. The native pooled Dice, precision and recall, the mean
 Dice per slice and the mean HD95 carry 95 % intervals from a bootstrap over patients (``ci95``, from the
-per-slice TP/FP/FN counts, see :mod:`lightning_bts.evaluation.bootstrap`). ``by_patient`` and
-``by_tumor_type`` say who the pooled score is made of (:mod:`lightning_bts.evaluation.breakdown`).
+per-slice TP/FP/FN counts, see :mod:`lightning_bts.evaluation.bootstrap`). ``by_patient``, ``by_tumor_type``
+and ``not_found`` say who the pooled score is made of (:mod:`lightning_bts.evaluation.breakdown`).
 """
 
 from __future__ import annotations
