@@ -91,6 +91,8 @@ def test_when_no_slice_is_found_the_others_have_no_scores():
     assert missed["slices"] == 2 and missed["tumor_pixel_share"] == 1.0
     assert missed["others_dice"] is None and missed["others_dice_per_slice"] is None
     json.dumps(missed)
+    no_tumour = subgroup_scores(table.assign(fn=[0, 0]))["not_found"]  # only false positives: nothing to find
+    assert (no_tumour["slices"], no_tumour["slices_with_tumor"], no_tumour["others_dice"]) == (0, 0, None)
 
 
 def test_a_patient_without_tumour_or_prediction_scores_one():
