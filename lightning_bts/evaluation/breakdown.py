@@ -19,6 +19,7 @@ slices beside their count. All come from the per-slice TP/FP/FN counts of ``per_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -99,23 +100,22 @@ def subgroup_scores(per_image: pd.DataFrame) -> dict[str, Any]:
                             "slices": int(row.slices), "patients": int(row.patients),
                             "tumor_pixel_share": share(float(row.tumor))}
                 for name, row in types.iterrows()}
-    result["not_found"] = _not_found(table)
+    result["not_found"] = _not_found(table, share)
     return result
 
 
-def _not_found(table: pd.DataFrame) -> dict[str, Any]:
-    """The ``not_found`` entry: how many slices with tumour score under :data:`NOT_FOUND_DICE` and their share of
-    the tumour pixels; the pooled and mean per-slice Dice of the other slices with tumour (``None`` if none)."""
+def _not_found(table: pd.DataFrame, share: Callable[[float], float]) -> dict[str, Any]:
+    """The ``not_found`` entry: how many slices with tumour score under :data:`NOT_FOUND_DICE` and their ``share``
+    of the tumour pixels; the pooled and mean per-slice Dice of the other slices with tumour (``None`` if none)."""
     with_tumor = table[table["tumor"] > 0]
     dice = pd.Series(_pooled(with_tumor)["dice"], index=with_tumor.index)
     missed = dice < NOT_FOUND_DICE
     rest = with_tumor[~missed]
-    all_tumor = float(with_tumor["tumor"].sum())
     return {
         "dice_below": NOT_FOUND_DICE,
         "slices": int(missed.sum()),
         "slices_with_tumor": len(with_tumor),
-        "tumor_pixel_share": float(with_tumor.loc[missed, "tumor"].sum()) / all_tumor if all_tumor > 0 else 0.0,
+        "tumor_pixel_share": share(float(with_tumor.loc[missed, "tumor"].sum())),
         "others_dice": float(_pooled(rest[["tp", "fp", "fn"]].sum().to_frame().T)["dice"][0]) if len(rest) else None,
         "others_dice_per_slice": float(dice[~missed].mean()) if len(rest) else None,
     }
