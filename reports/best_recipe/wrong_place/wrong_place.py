@@ -1,4 +1,4 @@
-"""Where the shipped model goes wrong: every validation slice it scores under 0.1 Dice, drawn.
+"""Where the shipped model goes wrong: every validation slice it scores under 0.1 Dice (``NOT_FOUND_DICE``), drawn.
 
 Validation patients only. Usage: python wrong_place.py CHECKPOINT PER_IMAGE_CSV OUT_IMAGE (.png or .jpg)
 PER_IMAGE_CSV is the model's validation scores after its stored post-processing (``scripts/evaluate.py --part val``).
@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from lightning_bts.evaluation.breakdown import NOT_FOUND_DICE
 from lightning_bts.evaluation.data import read_original_mask
 from lightning_bts.evaluation.predictor import Predictor
 
@@ -20,7 +21,7 @@ checkpoint, scores_csv, out_image = sys.argv[1:4]
 predictor = Predictor.from_checkpoints([checkpoint], "cpu", "32-true")
 root = Path(predictor.sources[0].data["root"])
 scores = pd.read_csv(scores_csv, dtype={"key": str})
-wrong = scores[scores["dice"] < 0.1].sort_values(["tumor_type", "key"])
+wrong = scores[scores["dice"] < NOT_FOUND_DICE].sort_values(["tumor_type", "key"])
 tiles = []
 for row in wrong.itertuples():
     image = cv2.imread(str(root / "images" / f"{row.key}.png"), cv2.IMREAD_GRAYSCALE)
@@ -37,4 +38,4 @@ for row in wrong.itertuples():
 tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % COLUMNS)
 rows = [np.concatenate(tiles[i:i + COLUMNS], axis=1) for i in range(0, len(tiles), COLUMNS)]
 cv2.imwrite(out_image, np.concatenate(rows, axis=0))
-print(f"{len(wrong)} of {len(scores)} validation slices under 0.1 Dice: {out_image}")
+print(f"{len(wrong)} of {len(scores)} validation slices under {NOT_FOUND_DICE:g} Dice: {out_image}")

@@ -16,6 +16,7 @@ from lightning_bts.data.dataset import SliceDataset
 from lightning_bts.evaluation.data import evaluation_data, read_original_mask
 from lightning_bts.evaluation.postprocess import PostProcessing
 from lightning_bts.evaluation.predictor import Predictor, to_original_size
+from lightning_bts.evaluation.selection import SliceCounter
 
 VIEWS = {"identity": (0.0, 1.0), "zoom_out": (0.0, 0.9), "zoom_in": (0.0, 1.1), "rotate_minus": (-10.0, 1.0),
          "rotate_plus": (10.0, 1.0)}
@@ -50,10 +51,9 @@ for batch in loader:
         truth = read_original_mask(mask_paths[index])
         for name, members in SETS.items():
             probability = to_original_size(np.mean([views[v][row] for v in members], axis=0), truth.shape)
+            counter = SliceCounter(probability, truth)
             for t, rule in rules.items():
-                mask = rule.apply(probability)
-                tp = int((mask & truth).sum())
-                fp, fn = int(mask.sum()) - tp, int(truth.sum()) - tp
+                tp, fp, fn = counter.counts(rule)
                 totals[(name, t)] += [tp, fp, fn]
                 per_slice[(name, t)].append(2 * tp / max(2 * tp + fp + fn, 1))
 n_slices = len(per_slice[("mirror", THRESHOLDS[0])])
