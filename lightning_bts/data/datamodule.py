@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from lightning_bts.data.dataset import SliceDataset
 from lightning_bts.data.intensity import DEFAULT_INTENSITY, INTENSITY_MAPPINGS
+from lightning_bts.data.neighbours import neighbour_rows, stack_neighbours
 from lightning_bts.data.preprocess import PreprocessedSlices, preprocess_dataset
 from lightning_bts.data.records import DatasetError, load_records
 from lightning_bts.data.skull_strip import SKULL_STRIP_METHODS
@@ -45,6 +46,9 @@ class BrainTumorDataModule(pl.LightningDataModule):
             (:mod:`lightning_bts.data.intensity`; the figshare converter's ``slice_minmax``). The slices are
             read as they are; the setting is recorded in checkpoints so that prediction on NIfTI/DICOM volumes
             maps their slices the same way.
+        neighbour_slices: the three input channels hold the slice before, the slice and the slice after it in
+            its scan instead of the slice three times (:mod:`lightning_bts.data.neighbours`); needs
+            ``in_channels`` 3 and grayscale slices.
     """
 
     def __init__(
@@ -63,10 +67,13 @@ class BrainTumorDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         augmentation: dict[str, float] | None = None,
         intensity: str = DEFAULT_INTENSITY,
+        neighbour_slices: bool = False,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        if neighbour_slices and in_channels != 3:
+            raise ValueError(f"neighbour_slices needs in_channels 3 (previous, this, next slice), got {in_channels}")
         if image_size < 16 or image_size % 16:
             raise ValueError(f"image_size must be a positive multiple of 16 (2**depth), got {image_size}")
         if skull_strip not in SKULL_STRIP_METHODS:
@@ -91,7 +98,10 @@ class BrainTumorDataModule(pl.LightningDataModule):
         hp = self.hparams
         records = load_records(hp.root)
         split = make_split(records, hp.num_folds, hp.fold, hp.seed, hp.test_fraction) if hp.fold is not None else None
-        data = preprocess_dataset(records, hp.image_size, hp.skull_strip, hp.in_channels == 3, hp.cache_dir)
+        rgb = hp.in_channels == 3 and not hp.neighbour_slices
+        data = preprocess_dataset(records, hp.image_size, hp.skull_strip, rgb, hp.cache_dir)
+        if hp.neighbour_slices:
+            data = PreprocessedSlices(stack_neighbours(data.images, neighbour_rows(records["scan"])), data.masks)
         self.records, self.split, self.data = records, split, data
 
     def setup(self, stage: str | None = None) -> None:

@@ -3,7 +3,8 @@
 Two layouts are accepted:
 
 * the shared layout: ``images/``, ``masks/`` and ``metadata.csv`` with at least ``image``, ``mask`` and
-  ``patient_group`` columns (``tumor_type`` is used for stratification when present);
+  ``patient_group`` columns (``tumor_type`` is used for stratification when present; ``patient_id``, when present,
+  tells which rows are one scan, for neighbouring slices: :mod:`lightning_bts.data.neighbours`);
 * plain paired folders ``images/`` and ``masks/`` with the same file names and no ``metadata.csv``. Each
   slice is then its own patient group, so k-fold splits cannot keep a patient's slices together; a warning
   says so.
@@ -29,7 +30,10 @@ class DatasetError(UserError):
 
 
 def load_records(root: str | Path) -> pd.DataFrame:
-    """One row per slice: ``key``, ``image_path``, ``mask_path``, ``patient_group``, ``tumor_type``.
+    """One row per slice: ``key``, ``image_path``, ``mask_path``, ``patient_group``, ``tumor_type``, ``scan``.
+
+    ``scan`` is the metadata's ``patient_id`` where it has one, else ``patient_group`` (each slice its own scan
+    without ``metadata.csv``).
 
     Only checks that the files exist; pixels are checked when they are read (:func:`read_pair`).
 
@@ -66,6 +70,8 @@ def _records_from_metadata(root: Path, metadata: Path) -> pd.DataFrame:
             "mask_path": [str(root / p) for p in table["mask"]],
             "patient_group": table["patient_group"].astype(str),
             "tumor_type": table["tumor_type"] if "tumor_type" in table.columns else "unknown",
+            "scan": (table["patient_id"].fillna(table["patient_group"]) if "patient_id" in table.columns
+                     else table["patient_group"]).astype(str),
         }
     )
 
@@ -93,6 +99,7 @@ def _records_from_folders(root: Path) -> pd.DataFrame:
             "mask_path": [str(masks[p.stem]) for p in images],
             "patient_group": [p.stem for p in images],
             "tumor_type": "unknown",
+            "scan": [p.stem for p in images],
         }
     )
 

@@ -28,7 +28,7 @@ from lightning_bts.training.checkpoint_file import (
 )
 from lightning_bts.training.module import SegmentationModule
 
-PREPROCESSING_KEYS = ("image_size", "in_channels", "skull_strip", "intensity")
+PREPROCESSING_KEYS = ("image_size", "in_channels", "skull_strip", "intensity", "neighbour_slices")
 # Large entries CheckpointInfo.extra leaves out: the weights and what only resuming needs (with weight
 # averaging, Lightning stores the averaged weights as state_dict, what evaluation uses, and the raw ones as
 # current_model_state, one of TRAINING_ONLY_KEYS).
@@ -43,13 +43,16 @@ class Preprocessing:
     ``BrainTumorDataModule(root, fold=None, **preprocessing.as_dict())`` evaluates with the training pipeline.
     ``intensity`` is how the training slices were made 8-bit (:mod:`lightning_bts.data.intensity`), which the
     volume readers repeat; a checkpoint that does not record it (written before the setting existed) was
-    trained on figshare slices: :data:`~lightning_bts.data.intensity.DEFAULT_INTENSITY`.
+    trained on figshare slices: :data:`~lightning_bts.data.intensity.DEFAULT_INTENSITY`. ``neighbour_slices``:
+    the input channels are the slice before, the slice and the slice after (:mod:`lightning_bts.data.neighbours`);
+    absent in checkpoints written before the option existed, which were all trained without it.
     """
 
     image_size: int
     in_channels: int
     skull_strip: str
     intensity: str = DEFAULT_INTENSITY
+    neighbour_slices: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +117,8 @@ def preprocessing_from_dict(checkpoint: Mapping[str, Any], path: str | Path = "<
             values[key] = model[key]
         elif key == "intensity":  # older checkpoints: all trained on figshare slices (see Preprocessing)
             values[key] = DEFAULT_INTENSITY
+        elif key == "neighbour_slices":  # older checkpoints: all trained on single slices
+            values[key] = False
         else:
             values[key] = defaults[key]
             guessed.append(f"{key}={defaults[key]!r}")
@@ -128,7 +133,7 @@ def preprocessing_from_dict(checkpoint: Mapping[str, Any], path: str | Path = "<
         raise CheckpointError(f"checkpoint {path}: model in_channels={model['in_channels']} but data "
                               f"in_channels={data['in_channels']}; the checkpoint is inconsistent")
     preprocessing = Preprocessing(int(values["image_size"]), int(values["in_channels"]), str(values["skull_strip"]),
-                                  str(values["intensity"]))
+                                  str(values["intensity"]), bool(values["neighbour_slices"]))
     try:  # the data module's own checks: channels 1/3, size a multiple of 16, a known skull-strip method
         BrainTumorDataModule(**preprocessing.as_dict())
     except ValueError as error:

@@ -1,0 +1,62 @@
+"""Neighbouring slices as input channels (data.neighbour_slices): which rows are neighbours, and what the data
+module then feeds the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lightning_bts.data import BrainTumorDataModule
+from lightning_bts.data.neighbours import neighbour_rows, stack_neighbours
+from lightning_bts.data.records import load_records
+
+
+def test_neighbours_stay_inside_their_scan():
+    # scans a a a | b | c c: the first and last slice of a scan, and a scan of one slice, have themselves as neighbour
+    rows = neighbour_rows(pd.Series(["a", "a", "a", "b", "c", "c"]))
+    assert rows.tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 2], [3, 3, 3], [4, 4, 5], [4, 5, 5]]
+
+
+def test_a_scan_seen_again_later_is_not_joined_to_its_first_part():
+    # a patient's slices under two runs of numbers (another plane): the runs are not neighbours of each other
+    rows = neighbour_rows(pd.Series(["a", "b", "a"]))
+    assert rows.tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]
+
+
+def test_stacked_channels_are_previous_this_next():
+    gray = np.arange(3, dtype=np.uint8).reshape(3, 1, 1, 1) * np.ones((3, 2, 2, 1), np.uint8)  # slice i is all i
+    images = stack_neighbours(gray, neighbour_rows(pd.Series(["a", "a", "a"])))
+    assert images.shape == (3, 2, 2, 3)
+    assert images[:, 0, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 2]]
+
+
+def test_scans_come_from_patient_id_else_patient_group(tiny_dataset: Path):
+    records = load_records(tiny_dataset)
+    assert records["scan"].tolist() == [f"p{group}" for group in range(6) for _ in range(3)]
+    table = pd.read_csv(tiny_dataset / "metadata.csv").drop(columns="patient_id")
+    table.to_csv(tiny_dataset / "metadata.csv", index=False)
+    assert load_records(tiny_dataset)["scan"].tolist() == load_records(tiny_dataset)["patient_group"].tolist()
+
+
+def test_data_module_feeds_the_neighbours_around_the_slice_itself(tiny_dataset: Path):
+    single = BrainTumorDataModule(root=str(tiny_dataset), image_size=32, num_folds=2, num_workers=0)
+    stacked = BrainTumorDataModule(root=str(tiny_dataset), image_size=32, num_folds=2, num_workers=0,
+                                   neighbour_slices=True)
+    single.load()
+    stacked.load()
+    gray = single.data.images[..., 0]
+    assert np.array_equal(stacked.data.images[..., 1], gray)  # the slice itself, as without the option
+    assert np.array_equal(stacked.data.images[1, ..., 0], gray[0])  # 0001's previous slice is 0000
+    assert np.array_equal(stacked.data.images[1, ..., 2], gray[2])  # and its next 0002
+    assert np.array_equal(stacked.data.images[2, ..., 2], gray[2])  # 0002 ends its scan: itself
+    assert np.array_equal(stacked.data.masks, single.data.masks)
+    batch = next(iter(stacked.val_dataloader()))
+    assert batch["image"].shape[1] == 3
+
+
+def test_neighbour_slices_needs_three_channels():
+    with pytest.raises(ValueError, match="neighbour_slices needs in_channels 3"):
+        BrainTumorDataModule(in_channels=1, neighbour_slices=True)
