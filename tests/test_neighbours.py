@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
 from lightning_bts.data import BrainTumorDataModule
 from lightning_bts.data.neighbours import neighbour_rows, stack_neighbours
 from lightning_bts.data.records import load_records
+from lightning_bts.data.scans import read_scan
+from lightning_bts.evaluation.predict_files import predict_files
+from lightning_bts.evaluation.predict_volumes import scan_probabilities
+from lightning_bts.evaluation.predictor import Predictor, prepare_image, prepare_scan
+from lightning_bts.training.checkpoints import Preprocessing
 
 
 def test_neighbours_stay_inside_their_scan():
@@ -60,3 +68,55 @@ def test_data_module_feeds_the_neighbours_around_the_slice_itself(tiny_dataset: 
 def test_neighbour_slices_needs_three_channels():
     with pytest.raises(ValueError, match="neighbour_slices needs in_channels 3"):
         BrainTumorDataModule(in_channels=1, neighbour_slices=True)
+
+
+NEIGHBOURS = Preprocessing(32, 3, "none", neighbour_slices=True)
+
+
+def test_a_scan_is_prepared_with_each_slice_between_its_neighbours():
+    slices = [np.full((64, 64), value, np.uint8) for value in (10, 20, 30)]
+    inputs = prepare_scan(slices, NEIGHBOURS)
+    assert inputs.shape == (3, 3, 32, 32)
+    assert inputs[:, :, 0, 0].tolist() == [[10, 10, 20], [10, 20, 30], [20, 30, 30]]
+    # a single image is a scan of one slice: the slice in every channel, as the data module has such slices
+    assert prepare_image(slices[1], NEIGHBOURS)[:, 0, 0].tolist() == [20, 20, 20]
+    single = Preprocessing(32, 3, "none")
+    assert np.array_equal(prepare_scan(slices, single), np.stack([prepare_image(s, single) for s in slices]))
+
+
+class Recorder(nn.Module):
+    """Logits of zero; keeps every batch it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.batches.append(images.clone())
+        return torch.zeros(images.shape[0], 1, *images.shape[2:])
+
+
+def test_a_volume_gives_a_neighbour_model_the_slices_beside_each_slice(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    data = np.zeros((32, 32, 4), np.int16)
+    for k in range(4):  # a bright square that moves from slice to slice
+        data[6 * k:6 * k + 6, 4:10, k] = 1000
+    image = nibabel.Nifti1Image(data, np.diag([1.0, 1.0, 3.0, 1.0]))
+    image.header.set_dim_info(slice=2)
+    nibabel.save(image, tmp_path / "scan.nii.gz")
+    volume = read_scan(tmp_path / "scan.nii.gz")
+    recorder = Recorder()
+    predictor = Predictor([recorder], NEIGHBOURS)
+    scan_probabilities(predictor, volume, volume.load(), batch_size=3)  # two batches: neighbours cross them
+    seen = torch.cat(recorder.batches).numpy()
+    assert seen.shape == (4, 3, 32, 32)
+    assert np.array_equal(seen[1:, 0], seen[:-1, 1]) and np.array_equal(seen[:-1, 2], seen[1:, 1])
+    assert np.array_equal(seen[0, 0], seen[0, 1]) and np.array_equal(seen[-1, 2], seen[-1, 1])
+    assert not np.array_equal(seen[0, 1], seen[1, 1])
+
+
+def test_image_files_warn_that_a_neighbour_model_sees_them_alone(tmp_path):
+    cv2.imwrite(str(tmp_path / "slice.png"), np.full((32, 32), 50, np.uint8))
+    predictor = Predictor([Recorder()], NEIGHBOURS)
+    with pytest.warns(UserWarning, match="trained on neighbouring slices"):
+        predict_files(predictor, [tmp_path / "slice.png"], tmp_path / "out", progress=False)

@@ -16,16 +16,18 @@ without this option.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
 CHANNELS = 3  # previous, this, next
 
 
-def neighbour_rows(scans: pd.Series) -> np.ndarray:
+def neighbour_rows(scans: Sequence[object] | pd.Series) -> np.ndarray:
     """``(N, 3)`` row numbers of each slice's previous slice, itself and its next slice; ``scans`` says which scan
     each row belongs to (rows of one scan follow each other in order)."""
-    scan = scans.astype(str).to_numpy()
+    scan = np.asarray(scans, dtype=str)
     rows = np.arange(len(scan))
     same = scan[1:] == scan[:-1]
     previous = rows.copy()

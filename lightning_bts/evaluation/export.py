@@ -90,7 +90,10 @@ def contract(settings: InferenceSettings, preprocessing: Preprocessing, checkpoi
         "tta": TTA_CONTRACTS[settings.tta],
         "preprocessing": "skull strip the grayscale slice (lightning_bts.data.skull_strip.brain_mask, method "
         "skull_strip), zero outside, resize to image_size (INTER_AREA when shrinking, else linear); "
-        "in_channels 3 = RGB or grayscale repeated",
+        + ("in_channels 3 = the grayscale slice before, the slice, the slice after in its scan (the slice itself "
+           "where it has no neighbour)" if preprocessing.neighbour_slices else "in_channels 3 = RGB or grayscale "
+           "repeated"),
+        "neighbour_slices": str(preprocessing.neighbour_slices).lower(),
         "source_checkpoint": Path(checkpoint).name,
     }
 

@@ -16,6 +16,7 @@ import glob
 import io
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -150,6 +151,10 @@ def predict_files(
     """
     files = [Path(f) for f in files]
     output_dir = Path(output_dir)
+    if predictor.preprocessing.neighbour_slices:
+        warnings.warn("this model was trained on neighbouring slices (data.neighbour_slices); image files are "
+                      "predicted each alone, the slice in all three channels: give a NIfTI volume or a DICOM series "
+                      "for it to see each slice's neighbours", stacklevel=2)
     if batch_size < 1:
         raise InferenceError(f"batch_size must be at least 1, got {batch_size}")
     if save_probs not in (None, *PROBABILITY_FORMATS):

@@ -33,7 +33,7 @@ from lightning_bts.evaluation.predict_files import (
     unique_output_names,
     write_atomically,
 )
-from lightning_bts.evaluation.predictor import InferenceError, Predictor
+from lightning_bts.evaluation.predictor import InferenceError, Predictor, prepare_scan, to_original_size
 
 SLICE_COLUMNS = ("image", "slice", "mask", "height", "width", "tumour_pixels", "tumour_fraction", "max_probability",
                  "tumour_area_mm2")
@@ -88,13 +88,15 @@ def scan_names(scans: Sequence[Path]) -> list[Path]:
 def scan_probabilities(predictor: Predictor, volume: Volume, data: np.ndarray, plane: str = "acquisition",
                        batch_size: int = 8) -> np.ndarray:
     """float32 ``(N, rows, columns)`` tumour probabilities of ``volume``'s slices along ``plane`` (display
-    orientation, see :meth:`Volume.to_slices`), each slice mapped to 8 bits as the checkpoint's data were."""
+    orientation, see :meth:`Volume.to_slices`), each slice mapped to 8 bits as the checkpoint's data were (and, for
+    a model trained on neighbouring slices, given the slices beside it along ``plane``)."""
     slices = volume.to_slices(data, plane)
     mapping = predictor.preprocessing.intensity
+    inputs = prepare_scan([to_uint8(image, mapping) for image in slices], predictor.preprocessing)
     probabilities = np.empty(slices.shape, np.float32)
     for start in range(0, len(slices), batch_size):
-        images = [to_uint8(image, mapping) for image in slices[start:start + batch_size]]
-        probabilities[start:start + len(images)] = np.stack(predictor.predict(images))
+        for offset, probability in enumerate(predictor.probabilities(inputs[start:start + batch_size])):
+            probabilities[start + offset] = to_original_size(probability, slices.shape[1:])
     return probabilities
 
 

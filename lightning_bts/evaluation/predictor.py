@@ -4,6 +4,8 @@ Evaluation, prediction on new scans, the cross-validation runner, post-processin
 load models through :meth:`Predictor.from_checkpoints`, so a checkpoint means one thing everywhere:
 
 - the preprocessing it was trained with (skull stripping, size, channels; :mod:`lightning_bts.training.checkpoints`);
+  a model trained on neighbouring slices (``data.neighbour_slices``) gets each slice's neighbours where the input is
+  a scan (:func:`prepare_scan`), and the slice alone in all three channels where it is a single image;
 - several checkpoints are an ensemble: the mean of the members' probabilities (averaging probabilities, not
   logits or votes, keeps one over-confident member from deciding alone);
 - mirror TTA (:mod:`lightning_bts.evaluation.tta`): the mean over mirrored views of the slice, each prediction
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_bts.data.neighbours import neighbour_rows, stack_neighbours
 from lightning_bts.data.preprocess import preprocess_image
 from lightning_bts.errors import ConfigError, UserError
 from lightning_bts.evaluation.backends import check_backend, on_backend
@@ -82,10 +85,24 @@ def check_precision(precision: str, option: str = "--precision") -> str:
 
 
 def prepare_image(image: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
-    """uint8 ``(C, S, S)`` model input from a uint8 ``(H, W)`` or ``(H, W, 3)`` RGB image, as in training."""
+    """uint8 ``(C, S, S)`` model input from a uint8 ``(H, W)`` or ``(H, W, 3)`` RGB image, as in training (for a
+    model trained on neighbouring slices: the image as a scan of one slice, as the data module has them)."""
+    if preprocessing.neighbour_slices:
+        return prepare_scan([image], preprocessing)[0]
     prepared = preprocess_image(image, preprocessing.image_size, preprocessing.skull_strip,
                                 rgb=preprocessing.in_channels == 3)
     return np.ascontiguousarray(prepared.transpose(2, 0, 1))
+
+
+def prepare_scan(images: Sequence[np.ndarray], preprocessing: Preprocessing) -> np.ndarray:
+    """uint8 ``(N, C, S, S)`` model inputs of consecutive slices of one scan: with ``neighbour_slices`` each slice's
+    channels hold the slice before it, itself and the slice after it (:mod:`lightning_bts.data.neighbours`),
+    otherwise each slice as :func:`prepare_image` makes it."""
+    if not preprocessing.neighbour_slices:
+        return np.stack([prepare_image(image, preprocessing) for image in images])
+    gray = np.stack([preprocess_image(image, preprocessing.image_size, preprocessing.skull_strip, rgb=False)
+                     for image in images])
+    return np.ascontiguousarray(stack_neighbours(gray, neighbour_rows([0] * len(images))).transpose(0, 3, 1, 2))
 
 
 def to_original_size(probability: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -30,7 +30,8 @@ def outline_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], p
     """PNG bytes: one panel per slice, ``images`` (H, W) or (H, W, C) uint8 with both masks (H, W) outlined."""
     figure, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.5), squeeze=False)
     for axis, image, truth, prediction, title in zip(axes[0], images, truths, predictions, titles):
-        axis.imshow(image if image.ndim == 2 else image[..., 0], cmap="gray")
+        # the middle channel: the slice itself, also where the others hold its neighbours (data.neighbour_slices)
+        axis.imshow(image if image.ndim == 2 else image[..., image.shape[-1] // 2], cmap="gray")
         for mask, colour in ((truth, "lime"), (prediction, "red")):
             if mask.any():
                 axis.contour(mask, levels=[0.5], colors=colour, linewidths=1)
