@@ -6,7 +6,9 @@ cavernous sinus, vessels) look like tumour on it; every model trained on fold 0 
 patient's slices under consecutive numbers, and consecutive slices of one patient are neighbours in the scan (their
 true masks overlap with a median Dice of 0.81 over the 1700 such pairs of the shared set). With
 ``data.neighbour_slices`` the three input channels of the network (which the paper fills with one grayscale slice
-three times) hold the previous slice, the slice itself and the next one, so the network needs no change.
+three times) hold the previous slice, the slice itself and the next one, so the network needs no change. On
+figshare's fold 0 it did not help (1.2 points below the recipe on validation; ``reports/best_recipe/candidates.md``),
+so the recipe leaves it off; it is kept for scans whose neighbouring slices are closer and more alike.
 
 A slice's neighbours are the rows just before and after it in the dataset's table (``metadata.csv`` order) that
 belong to the same scan (``patient_id`` where the table has one, else ``patient_group``); where there is none
