@@ -167,7 +167,8 @@ def _resolved_config(log_dir: Path) -> dict[str, Any]:
         "root": data.get("root"), "image_size": data.get("image_size"), "in_channels": data.get("in_channels"),
         "skull_strip": data.get("skull_strip"), "num_folds": data.get("num_folds"), "fold": data.get("fold"),
         "split_seed": data.get("seed"), "batch_size": data.get("batch_size"), "augment": data.get("augment"),
-        "test_fraction": data.get("test_fraction"),
+        "test_fraction": data.get("test_fraction"), "neighbour_slices": data.get("neighbour_slices", False),
+        "input_norm": model.get("input_norm", "scale"),
     }
 
 

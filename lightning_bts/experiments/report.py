@@ -236,9 +236,10 @@ def _protocol_lines(data: dict[str, Any]) -> list[str]:
         + (f" from epoch {config['dropout_start_epoch']}" if config.get("dropout_start_epoch") else "")
         + f"; weights re-initialised from `seed_everything({seeds.seed_label(records)})` "
         "for every fold and loss (identical initial weights: a paired comparison)",
-        f"- input: {config['image_size']}x{config['image_size']} px, {config['in_channels']} channels, skull "
-        f"stripping `{config['skull_strip']}`, augmentation {config['augment']} (`data.augmentation` "
-        f"{config.get('augmentation')})",
+        f"- input: {config['image_size']}x{config['image_size']} px, {config['in_channels']} channels"
+        + (" (the slices before, at and after: `data.neighbour_slices`)" if config.get("neighbour_slices") else "")
+        + f", `input_norm` {config.get('input_norm') or 'scale'}, skull stripping `{config['skull_strip']}`, "
+        f"augmentation {config['augment']} (`data.augmentation` {config.get('augmentation')})",
         f"- training: {config['max_epochs']} epochs, batch {config['batch_size']}, optimizer `{_optimizer(config)}` "
         f"lr {config['lr']} eps {config['adam_eps']}, scheduler `{config.get('scheduler') or 'none'}`, warm-up "
         f"{config.get('warmup_epochs') or 0} epochs, EMA decay {config.get('ema_decay')}, precision "
