@@ -25,6 +25,7 @@ TRAIN_ARGS = [
     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     "--model.base_filters", "4", "--data.batch_size", "32",  # small and few calls: mechanics, not accuracy
     "--precision", "32-true",  # the logged val/* are then comparable with the fp32 evaluation
+    "--data.neighbour_slices", "true",  # a data option that reaches every fold, its evaluation and the report
 ]
 
 
@@ -168,7 +169,8 @@ def test_report(experiment, tmp_path):
     text = report.read_text()
     for expected in ("## Protocol", "32x32", "81.00", "74.52", "Wilcoxon signed-rank", "paired t-test",
                      "no leakage across folds", "every loss validated on the same slices in each fold: yes",
-                     "![gallery](gallery.png)"):
+                     "![gallery](gallery.png)", "3 channels (the slices before, at and after",
+                     "`input_norm` scale"):
         assert expected in text, expected
     summary = pd.read_csv(out / "summary.csv")
     focal_dice = summary[(summary["loss"] == "focal") & (summary["metric"] == "dice")].iloc[0]
