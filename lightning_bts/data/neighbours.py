@@ -23,8 +23,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-CHANNELS = 3  # previous, this, next
-
 
 def neighbour_rows(scans: Sequence[object] | pd.Series) -> np.ndarray:
     """``(N, 3)`` row numbers of each slice's previous slice, itself and its next slice; ``scans`` says which scan
