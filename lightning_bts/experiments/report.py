@@ -272,9 +272,7 @@ def _norm(config: dict[str, Any]) -> str:
 
 def _optimizer(config: dict[str, Any]) -> str:
     """``model.optimizer``; runs recorded before it: ``keras_adam`` unless ``keras_adam: false`` (then ``adam``)."""
-    if config.get("optimizer"):
-        return config["optimizer"]
-    return "adam" if config.get("keras_adam") is False else "keras_adam"
+    return config.get("optimizer") or ("adam" if config.get("keras_adam") is False else "keras_adam")
 
 
 def _resolution(metrics: dict[str, Any], config: dict[str, Any]) -> str:
