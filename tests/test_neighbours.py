@@ -36,7 +36,7 @@ def test_a_scan_seen_again_later_is_not_joined_to_its_first_part():
 
 def test_stacked_channels_are_previous_this_next():
     gray = np.arange(3, dtype=np.uint8).reshape(3, 1, 1, 1) * np.ones((3, 2, 2, 1), np.uint8)  # slice i is all i
-    images = stack_neighbours(gray, neighbour_rows(pd.Series(["a", "a", "a"])))
+    images = stack_neighbours(gray, pd.Series(["a", "a", "a"]))
     assert images.shape == (3, 2, 2, 3)
     assert images[:, 0, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 2]]
 

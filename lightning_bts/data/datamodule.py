@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from lightning_bts.data.dataset import SliceDataset
 from lightning_bts.data.intensity import DEFAULT_INTENSITY, INTENSITY_MAPPINGS
-from lightning_bts.data.neighbours import neighbour_rows, stack_neighbours
+from lightning_bts.data.neighbours import stack_neighbours
 from lightning_bts.data.preprocess import PreprocessedSlices, preprocess_dataset
 from lightning_bts.data.records import DatasetError, load_records
 from lightning_bts.data.skull_strip import SKULL_STRIP_METHODS
@@ -101,7 +101,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
         rgb = hp.in_channels == 3 and not hp.neighbour_slices
         data = preprocess_dataset(records, hp.image_size, hp.skull_strip, rgb, hp.cache_dir)
         if hp.neighbour_slices:
-            data = PreprocessedSlices(stack_neighbours(data.images, neighbour_rows(records["scan"])), data.masks)
+            data = PreprocessedSlices(stack_neighbours(data.images, records["scan"]), data.masks)
         self.records, self.split, self.data = records, split, data
 
     def setup(self, stage: str | None = None) -> None:

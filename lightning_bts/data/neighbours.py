@@ -37,8 +37,8 @@ def neighbour_rows(scans: Sequence[object] | pd.Series) -> np.ndarray:
     return np.stack([previous, rows, following], axis=1)
 
 
-def stack_neighbours(gray: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """uint8 ``(N, S, S, 3)`` images from grayscale ``(N, S, S)`` or ``(N, S, S, 1)`` slices and
-    :func:`neighbour_rows`."""
+def stack_neighbours(gray: np.ndarray, scans: Sequence[object] | pd.Series) -> np.ndarray:
+    """uint8 ``(N, S, S, 3)`` images from grayscale ``(N, S, S)`` or ``(N, S, S, 1)`` slices: each slice between its
+    neighbours, :func:`neighbour_rows` of ``scans``."""
     gray = gray.reshape(gray.shape[:3])
-    return np.ascontiguousarray(gray[rows].transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(gray[neighbour_rows(scans)].transpose(0, 2, 3, 1))

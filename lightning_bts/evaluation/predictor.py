@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_bts.data.neighbours import neighbour_rows, stack_neighbours
+from lightning_bts.data.neighbours import stack_neighbours
 from lightning_bts.data.preprocess import preprocess_image
 from lightning_bts.errors import ConfigError, UserError
 from lightning_bts.evaluation.backends import check_backend, on_backend
@@ -102,7 +102,8 @@ def prepare_scan(images: Sequence[np.ndarray], preprocessing: Preprocessing) -> 
         return np.stack([prepare_image(image, preprocessing) for image in images])
     gray = np.stack([preprocess_image(image, preprocessing.image_size, preprocessing.skull_strip, rgb=False)
                      for image in images])
-    return np.ascontiguousarray(stack_neighbours(gray, neighbour_rows([0] * len(images))).transpose(0, 3, 1, 2))
+    one_scan = ["scan"] * len(images)
+    return np.ascontiguousarray(stack_neighbours(gray, one_scan).transpose(0, 3, 1, 2))
 
 
 def to_original_size(probability: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
